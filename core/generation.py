@@ -1,0 +1,151 @@
+"""Batched sampling with a KV cache, returning what PPO needs: ids, masks and sampling logprobs.
+
+Layout of a batch (B prompts, P = longest prompt, T = max_new_tokens):
+    input_ids       (B, P + T)  prompts left-padded to P, then the sampled responses
+    attention_mask  (B, P + T)  1 on real prompt tokens and on response tokens up to EOS
+    response_mask   (B, T)      1 on response tokens up to and including EOS
+    logprobs        (B, T)      log pi(token) under the sampling distribution (logits / temperature)
+
+Logprobs are those of the temperature-scaled full distribution, also when top_k/top_p truncate
+the sampling (as TRL does); with the defaults (top_k 0, top_p 1) they are exactly the
+probabilities the tokens were drawn with, which is what the PPO ratio and the KL need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import GenerationConfig
+from .models import autocast
+from .rl import logprobs_from_logits
+
+
+@dataclass
+class Samples:
+    input_ids: torch.Tensor       # (B, P + T) left-padded prompt, then response (pad after EOS)
+    attention_mask: torch.Tensor  # (B, P + T)
+    response_mask: torch.Tensor   # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor        # (B, T) sampling-time log-probabilities, 0 at padding
+    prompt_len: int               # P
+
+    @property
+    def responses(self) -> torch.Tensor:  # (B, T)
+        return self.input_ids[:, self.prompt_len:]
+
+
+def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only attended tokens, so left padding does not shift a prompt."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k / nucleus truncation of (B, V) logits (both off by default)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
+        logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return logits
+
+
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of (B, V) probabilities by inverse CDF: a single uniform per row.
+
+    torch.multinomial draws V exponentials per row; this is a cumsum and a binary search.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).clamp(max=probs.shape[-1] - 1).squeeze(1)
+
+
+def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
+             generator: torch.Generator | None = None) -> Samples:
+    """Sample one response per prompt. Stops early once every row has produced EOS."""
+    cfg = cfg or GenerationConfig()
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tokenizer, prompts, device)
+    B, P = ids.shape
+    T = cfg.max_new_tokens
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, T, device=device)
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    resp_mask = torch.zeros(B, T, dtype=torch.long, device=device)
+    full_mask = torch.cat([mask, torch.ones(B, T, dtype=mask.dtype, device=device)], 1)
+    positions = position_ids_from(mask)
+    was_training = model.training
+    model.eval()
+    past, step_ids, step_pos = None, ids, positions
+    with autocast(device):
+        for t in range(T):
+            out = model(input_ids=step_ids, attention_mask=full_mask[:, :P + t], position_ids=step_pos,
+                        past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float() / cfg.temperature  # (B, V)
+            sample_logits = filter_logits(logits, cfg.top_k, cfg.top_p)
+            tok = sample_from(torch.softmax(sample_logits, -1), generator)  # (B,)
+            lp = logprobs_from_logits(logits, tok)
+            tok = torch.where(alive, tok, torch.full_like(tok, pad))
+            out_ids[:, t] = tok
+            logprobs[:, t] = lp * alive
+            resp_mask[:, t] = alive.long()
+            if cfg.stop_at_eos:
+                alive &= tok != eos
+                if not alive.any():
+                    break
+            step_ids, step_pos = tok[:, None], step_pos[:, -1:] + 1
+    model.train(was_training)
+    input_ids = torch.cat([ids, out_ids], 1)
+    attention_mask = torch.cat([mask, resp_mask], 1)
+    return Samples(input_ids, attention_mask, resp_mask, logprobs, P)
+
+
+def decode_responses(tokenizer, samples: Samples) -> list[str]:
+    """Response texts, cut at EOS (the EOS itself not shown)."""
+    texts = []
+    for row, m in zip(samples.responses.tolist(), samples.response_mask.tolist()):
+        n = sum(m)
+        toks = [t for t in row[:n] if t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    return texts
+
+
+def sample_texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
+                 seed: int | None = None, batch_size: int = 64) -> list[str]:
+    """Convenience for the Label tab and benchmarks: prompts in, response strings out."""
+    g = None
+    if seed is not None:
+        g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    texts = []
+    for i in range(0, len(prompts), batch_size):
+        texts += decode_responses(tokenizer, generate(model, tokenizer, prompts[i:i + batch_size], cfg, g))
+    return texts
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Logits that predicted each response token, from one full forward pass: (B, P+T) -> (B, T, V).
+
+    Only the response positions go through the LM head's output slice, and positions come from
+    the mask exactly as in `generate`, so these logprobs reproduce the sampling-time ones.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from(attention_mask), use_cache=False)
+    return out.logits[:, prompt_len - 1:-1].float() / temperature  # (B, T, V)
+
+
+def response_logprobs(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0) -> torch.Tensor:
+    """(B, T) log-probabilities of the response tokens under `model`."""
+    logits = response_logits(model, input_ids, attention_mask, prompt_len, temperature)
+    return logprobs_from_logits(logits, input_ids[:, prompt_len:])

@@ -1,0 +1,137 @@
+"""Loading the four models of RLHF: policy, frozen reference, critic and reward model.
+
+Everything is a plain Hugging Face model: the policy an AutoModelForCausalLM, the reward model
+and the critic an AutoModelForSequenceClassification with num_labels=1. The critic uses the same
+class as the reward model (DeepSpeed-Chat initialises it from the reward model), but reads the
+score head at every position instead of only the last one. So whatever we save loads with plain
+transformers, and any causal LM transformers loads, we can train.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, PreTrainedModel)
+
+from .config import DEFAULT_MODEL
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA when present (unless RLHF_DEVICE/prefer says otherwise), else CPU."""
+    prefer = prefer or os.environ.get("RLHF_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full fp32 on CPU (no bf16 units on our CPUs, and fp32 is exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, bf16 autocast)"
+    return f"cpu ({torch.get_num_threads()} threads, fp32)"
+
+
+def check_model_dir(path: str) -> None:
+    """A clear error for a path that is neither a model directory nor plausibly a hub id."""
+    p = Path(path)
+    if p.exists() and not (p / "config.json").exists():
+        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if not p.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ValueError(f"model directory {path} does not exist")
+
+
+def load_tokenizer(path: str = DEFAULT_MODEL):
+    """Tokenizer with a pad token and left padding (generation pads prompts on the left).
+
+    Models without a pad token get their EOS as pad. That is safe here because nothing in the
+    workbench finds positions by comparing with pad_token_id: masks carry that information.
+    """
+    check_model_dir(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token is None:
+        raise ValueError(f"{path}: the tokenizer has no EOS token; set one before using it for RLHF")
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, trainable: bool = True):
+    check_model_dir(path)
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{path} is an encoder-decoder model; the workbench trains causal LMs")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a causal language model: {e}") from None
+    model.to(device or pick_device())
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    model.train(trainable)
+    model.requires_grad_(trainable)
+    return model
+
+
+def load_reference(path: str = DEFAULT_MODEL, device: torch.device | None = None):
+    """A frozen copy of the initial policy."""
+    return load_policy(path, device, trainable=False).eval()
+
+
+def load_scalar_model(path: str, device: torch.device | None = None, trainable: bool = False,
+                      pad_token_id: int | None = None):
+    """A reward model or critic: AutoModelForSequenceClassification with one output.
+
+    From a causal LM directory the score head is freshly initialised; from a reward model it is
+    loaded. Positions are found from attention masks, so pad_token_id only has to exist.
+    """
+    check_model_dir(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id if pad_token_id is not None else model.config.eos_token_id
+    model.to(device or pick_device())
+    model.train(trainable)
+    model.requires_grad_(trainable)
+    return model
+
+
+def backbone(model: PreTrainedModel) -> torch.nn.Module:
+    """The transformer under a task head (GPT2's `transformer`, Llama's `model`, ...)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def score_head(model: PreTrainedModel) -> torch.nn.Module:
+    """The linear head of a sequence-classification model (`score` for decoder-only models)."""
+    for name in ("score", "classifier"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ValueError(f"{type(model).__name__} has no score head")
+
+
+def token_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head applied at every position: (B, L) -> (B, L). Critic values per token."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
+    hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, use_cache=False).last_hidden_state
+    return score_head(model)(hidden).squeeze(-1).float()  # (B, L)
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward: the head at the last attended position of each row. (B, L) -> (B,).
+
+    Found from the attention mask rather than pad_token_id, so it is right for either padding
+    side and for models whose pad token equals EOS (where EOS ends every scored text).
+    """
+    scores = token_scores(model, input_ids, attention_mask)  # (B, L)
+    L = attention_mask.shape[1]
+    pos = torch.arange(L, device=attention_mask.device).expand_as(attention_mask)
+    last = torch.where(attention_mask.bool(), pos, -1).max(dim=1).values  # (B,)
+    return scores.gather(1, last.clamp(min=0)[:, None]).squeeze(1)

@@ -1,0 +1,1 @@
+"""The Gradio app: layout and wiring over `core`."""

@@ -1,0 +1,75 @@
+"""build_app() -> gr.Blocks, and main(), which parses the flags and launches it."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline tool
+
+import gradio as gr  # noqa: E402
+
+from core.config import DEFAULT_MODEL  # noqa: E402
+
+from .context import Workspace  # noqa: E402
+from .tabs import inspect as inspect_tab, label, ppo, reward  # noqa: E402
+
+CSS = """
+.token-view span { padding: 1px 0; border-radius: 3px; font-family: monospace; }
+"""
+
+
+def build_app(ws: Workspace) -> gr.Blocks:
+    with gr.Blocks(title="RLHF Workbench") as app:
+        gr.Markdown("# RLHF Workbench\n" + ws.header())
+        with gr.Tabs():
+            with gr.Tab("Label", id="label"):
+                label.build(ws)
+            with gr.Tab("Reward model", id="reward"):
+                reward.build(ws)
+            with gr.Tab("PPO", id="ppo"):
+                ppo.build(ws)
+            with gr.Tab("Inspect", id="inspect"):
+                inspect_tab.build(ws)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="rlhf-workbench", description="Start the RLHF Workbench GUI.")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ap.add_argument("--workspace", default="workspace", help="directory for runs and the preference store")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="default policy for sampling pairs")
+    ap.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    auth = None
+    if args.auth:
+        if ":" not in args.auth or args.auth.startswith(":") or args.auth.endswith(":"):
+            sys.exit("--auth must be USER:PASS")
+        auth = tuple(args.auth.split(":", 1))
+    if not is_loopback(args.host) and auth is None:
+        sys.exit(f"refusing to bind to {args.host} without --auth USER:PASS: anyone on the network "
+                 "could run training jobs and read your data. Add --auth, or bind to 127.0.0.1.")
+    ws = Workspace(args.workspace, args.model)
+    app = build_app(ws)
+    app.queue(default_concurrency_limit=8)
+    app.launch(server_name=args.host, server_port=args.port, auth=auth, ssr_mode=False,
+               css=CSS, footer_links=[], show_error=True)
+
+
+if __name__ == "__main__":
+    main()
