@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import GenerationConfig
+from .fastdecode import make_decoder, position_ids_from
 from .models import autocast
 from .rl import logprobs_from_logits
 
@@ -32,11 +33,6 @@ class Samples:
     @property
     def responses(self) -> torch.Tensor:  # (B, T)
         return self.input_ids[:, self.prompt_len:]
-
-
-def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only attended tokens, so left padding does not shift a prompt."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -70,7 +66,7 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
-             generator: torch.Generator | None = None) -> Samples:
+             generator: torch.Generator | None = None, fast: bool = True) -> Samples:
     """Sample one response per prompt. Stops early once every row has produced EOS."""
     cfg = cfg or GenerationConfig()
     device = next(model.parameters()).device
@@ -80,35 +76,28 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, T, device=device)
-    alive = torch.ones(B, dtype=torch.bool, device=device)
     resp_mask = torch.zeros(B, T, dtype=torch.long, device=device)
-    full_mask = torch.cat([mask, torch.ones(B, T, dtype=mask.dtype, device=device)], 1)
-    positions = position_ids_from(mask)
+    alive = torch.ones(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
-    past, step_ids, step_pos = None, ids, positions
     with autocast(device):
+        decoder = make_decoder(model, ids, mask, T, fast)
+        logits = decoder.start(ids)
         for t in range(T):
-            out = model(input_ids=step_ids, attention_mask=full_mask[:, :P + t], position_ids=step_pos,
-                        past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1].float() / cfg.temperature  # (B, V)
-            sample_logits = filter_logits(logits, cfg.top_k, cfg.top_p)
-            tok = sample_from(torch.softmax(sample_logits, -1), generator)  # (B,)
-            lp = logprobs_from_logits(logits, tok)
-            tok = torch.where(alive, tok, torch.full_like(tok, pad))
+            logits = logits / cfg.temperature  # (B, V)
+            tok = sample_from(torch.softmax(filter_logits(logits, cfg.top_k, cfg.top_p), -1), generator)
+            logprobs[:, t] = logprobs_from_logits(logits, tok) * alive
+            tok = torch.where(alive, tok, pad)
             out_ids[:, t] = tok
-            logprobs[:, t] = lp * alive
-            resp_mask[:, t] = alive.long()
+            resp_mask[:, t] = alive
             if cfg.stop_at_eos:
                 alive &= tok != eos
                 if not alive.any():
                     break
-            step_ids, step_pos = tok[:, None], step_pos[:, -1:] + 1
+            if t + 1 < T:
+                logits = decoder.step(tok)
     model.train(was_training)
-    input_ids = torch.cat([ids, out_ids], 1)
-    attention_mask = torch.cat([mask, resp_mask], 1)
-    return Samples(input_ids, attention_mask, resp_mask, logprobs, P)
+    return Samples(torch.cat([ids, out_ids], 1), torch.cat([mask, resp_mask], 1), resp_mask, logprobs, P)
 
 
 def decode_responses(tokenizer, samples: Samples) -> list[str]:

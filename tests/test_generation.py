@@ -64,3 +64,12 @@ def test_same_seed_same_samples(tiny_tokenizer):
     a = generate(model, tiny_tokenizer, PROMPTS, GenerationConfig(max_new_tokens=8), torch.Generator().manual_seed(3))
     b = generate(model, tiny_tokenizer, PROMPTS, GenerationConfig(max_new_tokens=8), torch.Generator().manual_seed(3))
     assert torch.equal(a.input_ids, b.input_ids)
+
+
+def test_fast_gpt2_decoder_equals_generic_path(tiny_tokenizer):
+    model = tiny_model("gpt2", tiny_tokenizer)
+    cfg = GenerationConfig(max_new_tokens=10)
+    fast = generate(model, tiny_tokenizer, PROMPTS, cfg, torch.Generator().manual_seed(5), fast=True)
+    slow = generate(model, tiny_tokenizer, PROMPTS, cfg, torch.Generator().manual_seed(5), fast=False)
+    assert torch.equal(fast.input_ids, slow.input_ids)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=1e-5)

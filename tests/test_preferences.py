@@ -60,6 +60,8 @@ def test_schema_wal_and_version_on_disk(tmp_path):
     con.close()
     s = PreferenceStore(path)  # reopening an up-to-date file migrates nothing and keeps the data
     assert s.counts()["pairs"] == 1
+    # synchronous is per connection, not stored in the file, so ask the store's own (2 = FULL).
+    assert s._con().execute("PRAGMA synchronous").fetchone()[0] == 2
     s.close()
 
 
@@ -142,10 +144,12 @@ def test_next_pairs_order_and_skip(store):
     store.add_pairs([("p", "x", str(i)) for i in range(5)], model="m")
     assert [p.id for p in store.next_pairs("u", 3)] == [1, 2, 3]
     store.add_label(1, "u", "skip", "a")  # a skip is an answer: don't show it again
-    # Active learning: |r_a - r_b| = 2, 0.5, 0.1, (unscored), 1 -> pairs 4 (0.1), 3 (0.5), 5 (1), 2 (2)
-    scores = {1: (0, 0), 2: (1.0, -1.0), 3: (0.25, -0.25), 4: (3.0, 2.9), 6: (0, 0)}
-    scores[5] = (0.0, 1.0)
+    # Active learning, pairs 2..5 left: |r_a - r_b| = 2, 0.5, 0.1, 1 -> order 4, 3, 5, 2.
+    # Pair 1 (skipped) and pair 9 (no such pair) have scores that must not matter.
+    scores = {1: (0, 0), 2: (1.0, -1.0), 3: (0.25, -0.25), 4: (3.0, 2.9), 5: (0.0, 1.0), 9: (0, 0)}
     assert [p.id for p in store.next_pairs("u", 10, order_by=scores)] == [4, 3, 5, 2]
+    del scores[3]  # unscored pairs go last
+    assert [p.id for p in store.next_pairs("u", 10, order_by=scores)] == [4, 5, 2, 3]
     assert [p.id for p in store.next_pairs("u", 2, order_by=lambda p: -p.id)] == [5, 4]
     assert store.next_pairs("u", 0) == []
 

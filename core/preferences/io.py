@@ -46,7 +46,7 @@ def _not_utf8(row: int | str, data: bytes, err: UnicodeDecodeError):
     _fail(row, f"not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8")
 
 
-# ---------------------------------------------------------------- readers: (columns, [(row, record)])
+# ---------------------------------------------------------------- readers: (where the columns are, columns, [(row, record)])
 def _read_jsonl(path: Path):
     raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     records = []
@@ -65,7 +65,7 @@ def _read_jsonl(path: Path):
             _fail(i, f"expected a JSON object, got {type(obj).__name__}")
         records.append((i, obj))
     columns = list(records[0][1]) if records else []
-    return "row 1" if records else "file", columns, records
+    return (f"row {records[0][0]}" if records else "file"), columns, records
 
 
 def _read_csv(path: Path):
@@ -188,13 +188,16 @@ def export(store: PreferenceStore, out_path: str | Path, include_ties: bool = Fa
     rows = store.labelled_pairs(include_ties)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")  # write aside, then rename: readers never see half a file
-    if suffix == ".jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps({k: r[k] for k in TRL_COLUMNS}, ensure_ascii=False) + "\n")
-    else:
-        # Explicit string type, so an empty export still has the right schema.
-        table = pa.table({k: pa.array([r[k] for r in rows], pa.string()) for k in TRL_COLUMNS})
-        pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    try:
+        if suffix == ".jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps({k: r[k] for k in TRL_COLUMNS}, ensure_ascii=False) + "\n")
+        else:
+            # Explicit string type, so an empty export still has the right schema.
+            table = pa.table({k: pa.array([r[k] for r in rows], pa.string()) for k in TRL_COLUMNS})
+            pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(rows)

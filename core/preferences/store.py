@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
@@ -43,6 +43,7 @@ class SchemaVersionError(RuntimeError):
 
 def _run_ddl(con: sqlite3.Connection, script: str) -> None:
     # Statement by statement: executescript() would COMMIT first, escaping the migration's transaction.
+    # (So migration scripts must not contain ';' except between statements.)
     for statement in script.split(";"):
         if statement.strip():
             con.execute(statement)
@@ -171,10 +172,11 @@ class PreferenceStore:
         con.execute("BEGIN IMMEDIATE")
         try:
             yield con
+            con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # also after a failed COMMIT, so the connection stays usable
+                con.execute("ROLLBACK")
             raise
-        con.execute("COMMIT")
 
     @contextmanager
     def _read(self):
@@ -230,13 +232,14 @@ class PreferenceStore:
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
-        items = [tuple(_check_text(x, what) for x, what in zip(item, ("prompt", "response_a", "response_b"),
-                                                               strict=True)) for item in items]
+        checked = []
+        for prompt, a, b in items:
+            checked.append((_check_text(prompt, "prompt"), _check_text(a, "response_a"), _check_text(b, "response_b")))
         settings_json = json.dumps(settings or {}, sort_keys=True)
         added = skipped = 0
         now = time.time()
         with self._write() as con:
-            for prompt, a, b in items:
+            for prompt, a, b in checked:
                 con.execute("INSERT INTO prompts(text) VALUES (?) ON CONFLICT(text) DO NOTHING", (prompt,))
                 prompt_id = con.execute("SELECT id FROM prompts WHERE text = ?", (prompt,)).fetchone()[0]
                 # ON CONFLICT names the unique key, so a CHECK/NOT NULL failure still raises
@@ -277,8 +280,7 @@ class PreferenceStore:
             if row is None:
                 return None
             con.execute("UPDATE labels SET undone = 1 WHERE id = ?", (row[0],))
-        label = _label(row)
-        return Label(**{**label.__dict__, "undone": True})
+        return replace(_label(row), undone=True)
 
     # ------------------------------------------------------------ reading
     def pair(self, pair_id: int) -> Pair | None:
