@@ -1,0 +1,199 @@
+"""Run directories and background jobs (DESIGN.md, "Run directory": a contract).
+
+A trainer gets a `Run`: it appends metrics and token records, updates status.json and asks
+`run.should_stop()` between phases and minibatches. The GUI and the CLI both go through here,
+and the GUI reads only the files, so a CLI run (even under `accelerate launch`) shows up the same.
+Stop is a flag in memory plus a STOP file, so any process can stop any run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+STATES = ("running", "stopped", "finished", "failed")
+
+
+class StopRequested(Exception):
+    """Raised inside a trainer to unwind cleanly when a stop was asked for."""
+
+
+def _clean(x):
+    """JSON has no NaN/Inf; write them as null so every reader can parse every line."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_clean(data), indent=1))
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line; a half-written last line (a writer mid-append) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+class Run:
+    """The writer side of one run directory. `is_main` is False on non-zero accelerate ranks,
+    which then write nothing."""
+
+    def __init__(self, path: str | Path, kind: str, is_main: bool = True):
+        self.path, self.kind, self.is_main = Path(path), kind, is_main
+        self._stop = threading.Event()
+        self._status = {"kind": kind, "state": "running", "step": 0, "error": None}
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    # -- records
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        if self.is_main:
+            row = {"step": step, "time": time.time(), **metrics}
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(_clean(row)) + "\n")
+
+    def log_tokens(self, records: list[dict]) -> None:
+        if self.is_main and records:
+            with open(self.path / "tokens.jsonl", "a") as fh:
+                fh.write("".join(json.dumps(_clean(r)) + "\n" for r in records))
+
+    def set_status(self, **fields) -> None:
+        self._status.update(fields, updated=time.time())
+        if self.is_main:
+            write_json_atomic(self.path / "status.json", self._status)
+
+    # -- stopping
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set() or (self.path / "STOP").exists()
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise StopRequested()
+
+
+def run_to_completion(run: Run, body: Callable[[Run], None]) -> str:
+    """Run `body(run)` and leave status.json in a final state: finished, stopped or failed.
+
+    A failure keeps its message in status.json and the traceback in error.log.
+    """
+    if run.is_main:
+        (run.path / "STOP").unlink(missing_ok=True)  # a stale STOP from an earlier stop must not end a resume
+    run.set_status(state="running", error=None, pid=os.getpid(), started=time.time())
+    try:
+        body(run)
+        run.set_status(state="stopped" if run.should_stop() else "finished")
+    except StopRequested:
+        run.set_status(state="stopped")
+    except KeyboardInterrupt:
+        run.set_status(state="stopped", error="interrupted")
+        raise
+    except Exception as e:  # noqa: BLE001 - the run's record must say what went wrong
+        run.set_status(state="failed", error=f"{type(e).__name__}: {e}")
+        if run.is_main:
+            (run.path / "error.log").write_text(traceback.format_exc())
+    return run._status["state"]
+
+
+def new_run_dir(workspace: str | Path, kind: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(workspace) / "runs" / f"{kind}-{stamp}-{secrets.token_hex(2)}"
+
+
+# ---------------------------------------------------------------- readers (GUI, tests, CLI)
+def read_status(path: str | Path) -> dict:
+    p = Path(path) / "status.json"
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return read_jsonl(Path(path) / "metrics.jsonl")
+
+
+def read_tokens(path: str | Path, step: int | None = None) -> list[dict]:
+    rows = read_jsonl(Path(path) / "tokens.jsonl")
+    return rows if step is None else [r for r in rows if r.get("step") == step]
+
+
+def list_runs(workspace: str | Path, kind: str | None = None) -> list[dict]:
+    """Run directories under <workspace>/runs, newest first, each with its status."""
+    root = Path(workspace) / "runs"
+    out = []
+    for d in sorted(root.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True) if root.exists() else []:
+        st = read_status(d)
+        if st and (kind is None or st.get("kind") == kind):
+            out.append({"path": str(d), "name": d.name, **st})
+    return out
+
+
+def request_stop(path: str | Path) -> None:
+    """Ask any run to stop, whichever process runs it."""
+    Path(path, "STOP").touch()
+
+
+# ---------------------------------------------------------------- background jobs (one process)
+class Jobs:
+    """Background training threads of one app process; one job per kind per workspace."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], tuple[threading.Thread, Run]] = {}
+
+    def start(self, workspace: str | Path, run: Run, body: Callable[[Run], None]) -> Run:
+        key = (str(Path(workspace).resolve()), run.kind)
+        with self._lock:
+            cur = self._jobs.get(key)
+            if cur and cur[0].is_alive():
+                raise RuntimeError(f"a {run.kind} run is already running in this workspace: {cur[1].path.name}. "
+                                   "Stop it first.")
+            run.set_status(state="running")  # visible before the thread gets going
+            t = threading.Thread(target=run_to_completion, args=(run, body), daemon=True, name=f"{run.kind}-job")
+            self._jobs[key] = (t, run)
+            t.start()
+        return run
+
+    def active(self, workspace: str | Path, kind: str) -> Run | None:
+        cur = self._jobs.get((str(Path(workspace).resolve()), kind))
+        return cur[1] if cur and cur[0].is_alive() else None
+
+    def stop(self, workspace: str | Path, kind: str) -> bool:
+        run = self.active(workspace, kind)
+        if run:
+            run.request_stop()
+        return run is not None
+
+    def wait(self, workspace: str | Path, kind: str, timeout: float | None = None) -> None:
+        cur = self._jobs.get((str(Path(workspace).resolve()), kind))
+        if cur:
+            cur[0].join(timeout)
+
+
+JOBS = Jobs()
