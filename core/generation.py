@@ -48,13 +48,17 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample_from(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None,
+                u: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row of (B, V) probabilities by inverse CDF: a single uniform per row.
 
     torch.multinomial draws V exponentials per row; this is a cumsum and a binary search.
+    `u` (B,) supplies the uniforms (so a row samples the same whichever process holds it).
     """
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(probs.shape[0], device=probs.device, generator=generator)
+    u = u[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, u).clamp(max=probs.shape[-1] - 1).squeeze(1)
 
 
@@ -66,8 +70,13 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
-             generator: torch.Generator | None = None, fast: bool = True) -> Samples:
-    """Sample one response per prompt. Stops early once every row has produced EOS."""
+             generator: torch.Generator | None = None, fast: bool = True,
+             uniforms: torch.Tensor | None = None) -> Samples:
+    """Sample one response per prompt. Stops early once every row has produced EOS.
+
+    `uniforms` (B, max_new_tokens), if given, are the random numbers the sampler uses; otherwise
+    they come from `generator`.
+    """
     cfg = cfg or GenerationConfig()
     device = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts, device)
@@ -85,7 +94,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
         logits = decoder.start(ids)
         for t in range(T):
             logits = logits / cfg.temperature  # (B, V)
-            tok = sample_from(torch.softmax(filter_logits(logits, cfg.top_k, cfg.top_p), -1), generator)
+            u = None if uniforms is None else uniforms[:, t].to(device)
+            tok = sample_from(torch.softmax(filter_logits(logits, cfg.top_k, cfg.top_p), -1), generator, u)
             logprobs[:, t] = logprobs_from_logits(logits, tok) * alive
             tok = torch.where(alive, tok, pad)
             out_ids[:, t] = tok

@@ -1,0 +1,244 @@
+"""PPO for language models, one step top to bottom: rollout -> score -> advantages -> update.
+
+Four models (seeds 000, 001): the policy (trained), the critic (trained; a value head read at
+every position), the reference (frozen initial policy) and the reward model (frozen). The loop
+around these functions (records, checkpoints, resume) lives in core/ppo_run.py.
+
+Alignment (DESIGN.md, "Conventions"): response position t carries the token sampled there, its
+logprob under policy and reference, KL_t, r_t, and V_t = the critic's value of the state that
+token was sampled from (the hidden state one position before it, like the logits).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import rl
+from .config import GenerationConfig, PPOConfig
+from .generation import Samples, decode_responses, generate, response_logits
+from .models import autocast, token_scores
+from .scoring import score_texts
+
+
+@dataclass
+class Experience:
+    """One rollout batch, everything the update needs. B episodes, P prompt + T response tokens."""
+    input_ids: torch.Tensor       # (B, P + T) left-padded prompt + response (pad after EOS)
+    attention_mask: torch.Tensor  # (B, P + T)
+    response_mask: torch.Tensor   # (B, T) 1 up to and including EOS
+    prompt_len: int               # P
+    logprobs: torch.Tensor        # (B, T) policy at sampling time (the "old" policy)
+    ref_logprobs: torch.Tensor    # (B, T) frozen reference
+    values: torch.Tensor          # (B, T) critic before the update
+    kl: torch.Tensor              # (B, T) per-token KL estimate
+    rewards: torch.Tensor         # (B, T) -beta * KL_t, + score on the last token
+    advantages: torch.Tensor      # (B, T) GAE, un-whitened (A + V = returns)
+    returns: torch.Tensor         # (B, T)
+    scores: torch.Tensor          # (B,) the score put on the last token (after norm/whiten/clip)
+    raw_scores: torch.Tensor      # (B,) the reward model's output
+    prompts: list[str]
+    responses: list[str]
+
+    @property
+    def responses_ids(self) -> torch.Tensor:  # (B, T)
+        return self.input_ids[:, self.prompt_len:]
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    critic: torch.nn.Module
+    reward: torch.nn.Module
+    tokenizer: object
+    reward_tokenizer: object
+    reference: torch.nn.Module | None = None  # None: LoRA policy, reference = adapter disabled
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+def check_finite(name: str, x: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"{name} is NaN or Inf at step {step}")
+
+
+# ---------------------------------------------------------------- 1. rollout
+def rollout(m: Models, prompts: list[str], cfg: PPOConfig, uniforms: torch.Tensor | None = None) -> Samples:
+    gen = GenerationConfig(max_new_tokens=cfg.response_length, temperature=cfg.temperature,
+                           stop_at_eos=cfg.stop_token == "eos")
+    return generate(m.policy, m.tokenizer, prompts, gen, uniforms=uniforms)
+
+
+# ---------------------------------------------------------------- 2. score
+@torch.no_grad()
+def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig,
+          reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores used for the reward, raw reward-model scores), both (B,).
+
+    The reward model reads prompt + response + EOS as text in its own tokenizer (one scoring
+    convention, core/scoring.py). Then: the missing-EOS penalty, standardisation with the RM's
+    stored training mean/std, optional batch whitening (seed 003), clipping (seed 001).
+    `reduce` sums tensors over processes so whitening uses global batch statistics.
+    """
+    raw = score_texts(m.reward, m.reward_tokenizer, prompts, responses).float().to(samples.input_ids.device)  # (B,)
+    s = raw.clone()
+    if cfg.missing_eos_penalty:
+        eos = m.tokenizer.eos_token_id
+        has_eos = (samples.responses == eos).logical_and(samples.response_mask.bool()).any(1)
+        s = s - cfg.missing_eos_penalty * (~has_eos).float()
+    if cfg.score_norm:
+        mean = getattr(m.reward.config, "score_mean", None)
+        std = getattr(m.reward.config, "score_std", None)
+        if mean is not None and std:
+            s = (s - mean) / std
+    if cfg.whiten_scores:
+        stats = torch.stack([s.sum(), (s * s).sum(), torch.tensor(float(len(s)), device=s.device)])
+        n_sum, sq, n = (reduce(stats) if reduce else stats).tolist()
+        mean = n_sum / n
+        var = max(sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+        s = (s - mean) / (var ** 0.5 + 1e-8)
+    if cfg.score_clip is not None:
+        s = s.clamp(-cfg.score_clip, cfg.score_clip)
+    return s, raw
+
+
+# ---------------------------------------------------------------- 3. advantages
+@torch.no_grad()
+def make_experience(m: Models, samples: Samples, prompts: list[str], responses: list[str],
+                    scores: torch.Tensor, raw_scores: torch.Tensor, kl_coef: float, cfg: PPOConfig) -> Experience:
+    ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
+    rmask = samples.response_mask.float()
+    device = ids.device
+    with autocast(device):
+        if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
+            with m.policy.disable_adapter():
+                ref_logits = response_logits(m.policy, ids, mask, P, cfg.temperature)
+        else:
+            ref_logits = response_logits(m.reference, ids, mask, P, cfg.temperature)
+        ref_logprobs = rl.logprobs_from_logits(ref_logits, samples.responses) * rmask  # (B, T)
+        del ref_logits
+        values = token_scores(m.critic, ids, mask)[:, P - 1:-1] * rmask  # (B, T)
+    rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
+                                   cfg.kl_estimator)  # clipping already done in score()
+    advantages, returns = rl.gae(rewards, values, rmask, cfg.gamma, cfg.lam)
+    return Experience(ids, mask, samples.response_mask, P, samples.logprobs, ref_logprobs, values, kl,
+                      rewards, advantages, returns, scores, raw_scores, prompts, responses)
+
+
+# ---------------------------------------------------------------- 4. update
+def minibatch_loss(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig):
+    """Policy + value (- entropy) loss on the rows `idx`, plus detached stats."""
+    P = exp.prompt_len
+    # Trailing columns that are padding in every row of this minibatch need no compute.
+    T = int(exp.response_mask[idx].sum(1).max().clamp(min=1))
+    ids, mask = exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T]
+    rmask = exp.response_mask[idx, :T].float()
+    with autocast(ids.device):
+        logits = response_logits(m.policy, ids, mask, P, cfg.temperature)  # (b, T, V)
+        logprobs = rl.logprobs_from_logits(logits, ids[:, P:])
+        pg_loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
+        if cfg.entropy_coef:
+            entropy = rl.masked_mean(rl.entropy_from_logits(logits, rmask), rmask)
+        else:  # only for the record: keep the (b, T, V) softmax out of the backward graph
+            with torch.no_grad():
+                entropy = rl.masked_mean(rl.entropy_from_logits(logits.detach(), rmask), rmask)
+        values = token_scores(m.critic, ids, mask)[:, P - 1:-1]
+        vf_loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
+    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
+    stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(), "loss/total": loss.detach(),
+             "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"],
+             "policy/entropy": entropy.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
+    return loss, stats
+
+
+def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimizers: list, step: int,
+           check_stop, dist) -> dict:
+    """ppo_epochs x num_minibatches x grad_accum over the batch, fresh shuffles each epoch.
+
+    adv: (B, T) the advantages the loss uses (whitened or not, by the caller). `dist` sums over
+    processes and all-reduces gradients (no-ops in one process). Returns stats averaged over
+    every micro-batch.
+    """
+    B = exp.input_ids.shape[0]
+    mb_size = max(1, B // cfg.num_minibatches)
+    micro = max(1, mb_size // cfg.grad_accum)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    params = [opt_params(o) for o in optimizers]
+    totals: dict[str, torch.Tensor] = {}
+    n = 0
+    for epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(B, generator=g).to(exp.input_ids.device)
+        epoch_kl = []
+        for start in range(0, B - mb_size + 1, mb_size):
+            mb = perm[start:start + mb_size]
+            # Weight each micro-batch's token-mean loss by its share of the minibatch's tokens on
+            # all processes: the summed gradient is then the token mean of the whole minibatch.
+            mb_tokens = dist.sum(exp.response_mask[mb].sum().float()).clamp(min=1)
+            for ms in range(0, len(mb), micro):
+                idx = mb[ms:ms + micro]
+                loss, stats = minibatch_loss(m, exp, idx, adv, cfg)
+                check_finite("loss/total", stats["loss/total"], step)
+                (loss * exp.response_mask[idx].sum() / mb_tokens * dist.world).backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += 1
+                epoch_kl.append(stats["policy/approx_kl"])
+            for opt, ps in zip(optimizers, params):
+                dist.sync_grads(ps)
+                torch.nn.utils.clip_grad_norm_(ps, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            check_stop()
+        if cfg.target_kl is not None and float(dist.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
+            break
+    out = {k: float(v / n) for k, v in totals.items()}
+    out["policy/epochs"] = float(epoch + 1)
+    return out
+
+
+def opt_params(opt) -> list:
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+# ---------------------------------------------------------------- summaries of a step
+@torch.no_grad()
+def experience_metrics(exp: Experience, kl_coef: float) -> dict:
+    rmask = exp.response_mask.float()
+    kl_seq = exp.kl.sum(1)  # (B,)
+    resid = rl.masked_var(exp.returns - exp.values, rmask)
+    ev = 1.0 - resid / rl.masked_var(exp.returns, rmask).clamp(min=1e-8)
+    return {
+        "objective/score": float(exp.raw_scores.mean()),
+        "objective/score_used": float(exp.scores.mean()),
+        "objective/kl": float(kl_seq.mean()),
+        "objective/kl_coef": float(kl_coef),
+        "objective/rlhf_reward": float((exp.scores - kl_coef * kl_seq).mean()),
+        "objective/entropy": float((-exp.logprobs * rmask).sum(1).mean()),
+        "val/explained_variance": float(ev),
+        "val/returns_mean": float(rl.masked_mean(exp.returns, rmask)),
+        "tokens/response_len": float(rmask.sum(1).mean()),
+    }
+
+
+def token_records(exp: Experience, tokenizer, step: int, k: int, kl_coef: float, gold: list | None) -> list[dict]:
+    """The first k samples of a step for tokens.jsonl (DESIGN.md / PPO issue: a contract)."""
+    out = []
+    for i in range(min(k, exp.input_ids.shape[0])):
+        n = int(exp.response_mask[i].sum())
+        ids = exp.responses_ids[i, :n].tolist()
+        row = lambda x: [round(float(v), 6) for v in x[i, :n]]  # noqa: E731
+        out.append({
+            "step": step, "sample": i, "prompt": exp.prompts[i], "response": exp.responses[i],
+            "tokens": [tokenizer.decode([t]) for t in ids],
+            "logprob": row(exp.logprobs), "ref_logprob": row(exp.ref_logprobs), "kl": row(exp.kl),
+            "reward": row(exp.rewards), "value": row(exp.values), "advantage": row(exp.advantages),
+            "return": row(exp.returns), "score": float(exp.scores[i]), "raw_score": float(exp.raw_scores[i]),
+            "gold": None if gold is None else float(gold[i]), "kl_coef": float(kl_coef),
+        })
+    return out
+
+
+__all__ = ["Experience", "Models", "rollout", "score", "make_experience", "update", "decode_responses",
+           "experience_metrics", "token_records", "check_finite", "NonFiniteError"]

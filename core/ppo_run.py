@@ -1,0 +1,254 @@
+"""The PPO loop around core.ppo: models, optimizers, records, checkpoints, resume, processes.
+
+`run_ppo(cfg)` is the CLI entry (also under `accelerate launch`); `start_ppo_job(workspace, cfg)`
+runs the same body in a background thread for the GUI. Everything goes to the run directory
+(DESIGN.md): config.yaml, status.json, metrics.jsonl, tokens.jsonl, checkpoints/, model/.
+
+Distributed: each process takes a contiguous slice of the global batch, and draws its sampling
+uniforms from the same per-step generator as one process would, so a row samples the same tokens
+whichever rank holds it. Gradients are all-reduced by hand (the update calls submodules directly,
+which DDP's forward hooks would not see) and losses are normalised by the global token count, so
+N processes take the same optimizer steps as one process on the whole batch.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import rl
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import PPOConfig, save_config
+from .models import load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
+from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
+                  score, token_records, update)
+from .runs import JOBS, Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
+
+
+def read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts (one per line)")
+    return prompts
+
+
+def prompt_batch(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
+    """The global batch for a step: consecutive slices of seeded shuffles, one shuffle per pass."""
+    out, i = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, pos = divmod(i, len(prompts))
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        take = min(batch_size - len(out), len(prompts) - pos)
+        out += [prompts[j] for j in order[pos:pos + take].tolist()]
+        i += take
+    return out
+
+
+def load_models(cfg: PPOConfig, device, policy_from: str | None = None, critic_from: str | None = None) -> Models:
+    if not cfg.reward_model:
+        raise ValueError("reward_model is required: train one in the Reward model tab or with `rlhf-workbench train-rm`")
+    tok = load_tokenizer(cfg.policy)
+    policy = load_policy(cfg.policy, device)
+    reference = None
+    if cfg.lora_rank:
+        from peft import LoraConfig, PeftModel, get_peft_model
+        if policy_from:
+            policy = PeftModel.from_pretrained(policy, policy_from, is_trainable=True)
+        else:
+            policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
+                                                       target_modules="all-linear", lora_dropout=0.0))
+    else:
+        reference = load_reference(cfg.policy, device)
+        if policy_from:
+            policy = load_policy(policy_from, device)
+    policy.config.use_cache = False
+    reward_tok = load_tokenizer(cfg.reward_model)
+    reward = load_scalar_model(cfg.reward_model, device, trainable=False).eval()
+    critic_src = critic_from or (cfg.reward_model if cfg.critic_init == "reward" else cfg.policy)
+    critic = load_scalar_model(critic_src, device, trainable=True, pad_token_id=tok.pad_token_id)
+    for mod in (policy, critic):  # dropout would make "old" logprobs disagree with the sampled ones
+        for sub in mod.modules():
+            if isinstance(sub, torch.nn.Dropout):
+                sub.p = 0.0
+    return Models(policy, critic, reward, tok, reward_tok, reference)
+
+
+def make_optimizers(m: Models, cfg: PPOConfig) -> list:
+    pol = [p for p in m.policy.parameters() if p.requires_grad]
+    kw = {"fused": True} if next(m.policy.parameters()).device.type == "cpu" else {}
+    return [torch.optim.AdamW(pol, lr=cfg.learning_rate, eps=1e-5, **kw),
+            torch.optim.AdamW(m.critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, **kw)]
+
+
+class Dist:
+    """The few collective operations the loop needs; no-ops in a single process."""
+
+    def __init__(self):
+        from accelerate import PartialState
+        st = PartialState()
+        self.rank, self.world, self.device = st.process_index, st.num_processes, st.device
+        self.is_main = st.is_main_process
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            x = x.clone()
+            torch.distributed.all_reduce(x)
+        return x
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sum(x) / self.world
+
+    def sync_grads(self, params) -> None:
+        if self.world > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world
+
+
+def whiten_global(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """core.rl.whiten with the mean and variance of the whole (multi-process) batch."""
+    if dist.world == 1:
+        return rl.whiten(x, mask)
+    s = dist.sum(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]))
+    mean = s[0] / s[2]
+    var = (s[1] / s[2] - mean ** 2) * s[2] / (s[2] - 1).clamp(min=1)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+@dataclass
+class Trainer:
+    """What one PPO run holds between steps."""
+    cfg: PPOConfig
+    models: Models
+    optimizers: list
+    kl_ctl: object
+    prompts: list[str]
+    dist: Dist
+    gold: object = None  # text -> float, the gold judge (VADER) or None
+
+
+def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
+    """Models, optimizers and KL controller, restored from the latest checkpoint on resume."""
+    dist = Dist()
+    device = pick_device() if dist.world == 1 else dist.device
+    torch.manual_seed(cfg.seed + dist.rank)
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
+    prompts = read_prompts(cfg.prompts)
+    ckpt = latest_checkpoint(resume) if resume else None
+    if resume and ckpt is None:
+        raise ValueError(f"{resume} has no checkpoint to resume from")
+    m = load_models(cfg, device, policy_from=ckpt and str(ckpt / "policy"), critic_from=ckpt and str(ckpt / "critic"))
+    optimizers = make_optimizers(m, cfg)
+    kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
+              else rl.FixedKLController(cfg.kl_coef))
+    start = 0
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, optimizers, kl_ctl)
+        if run.is_main:  # drop records past the checkpoint, so the step sequence has no duplicate
+            for name in ("metrics.jsonl", "tokens.jsonl"):
+                rows = [r for r in read_jsonl(run.path / name) if r.get("step", 0) <= start]
+                (run.path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gold = None
+    if cfg.gold_judge == "vader":
+        from .preferences.annotator import SentimentAnnotator
+        gold = SentimentAnnotator().score
+    return Trainer(cfg, m, optimizers, kl_ctl, prompts, dist, gold), start
+
+
+def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
+    """One PPO step on this process's slice of the batch: rollout -> score -> advantages -> update.
+    Returns the step's metrics (averaged over processes) and its tokens.jsonl records."""
+    cfg, m, dist = tr.cfg, tr.models, tr.dist
+    b = cfg.batch_size // dist.world
+    lo, hi = dist.rank * b, (dist.rank + 1) * b
+    t0 = time.time()
+    prompts = prompt_batch(tr.prompts, step - 1, cfg.batch_size, cfg.seed)[lo:hi]
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    uniforms = torch.rand(cfg.batch_size, cfg.response_length, generator=g)[lo:hi]
+    samples = rollout(m, prompts, cfg, uniforms)
+    check_finite("logprobs", samples.logprobs, step)
+    responses = decode_responses(m.tokenizer, samples)
+    t1 = time.time()
+    scores, raw = score(m, prompts, responses, samples, cfg, reduce=dist.sum)
+    check_finite("score", raw, step)
+    t2 = time.time()
+    exp = make_experience(m, samples, prompts, responses, scores, raw, tr.kl_ctl.value, cfg)
+    check_finite("ref_logprobs", exp.ref_logprobs, step)
+    check_finite("values", exp.values, step)
+    check_stop()
+    rmask = exp.response_mask.float()
+    adv = whiten_global(exp.advantages, rmask, dist) if cfg.whiten_advantages else exp.advantages
+    stats = update(m, exp, adv, cfg, tr.optimizers, step, check_stop, dist)
+    t3 = time.time()
+    metrics = {**experience_metrics(exp, tr.kl_ctl.value), **stats}
+    golds = [tr.gold(r) for r in responses] if tr.gold else None
+    if golds:
+        metrics["objective/gold"] = sum(golds) / len(golds)
+    metrics = {k: float(dist.mean(torch.tensor(v, dtype=torch.float64))) for k, v in metrics.items()}
+    metrics.update({"time/rollout": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
+                    "time/step": t3 - t0, "eps": cfg.batch_size / (t3 - t0)})
+    records = token_records(exp, m.tokenizer, step, cfg.log_samples, tr.kl_ctl.value, golds)
+    return metrics, records
+
+
+def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
+    tr, start = setup(cfg, run, resume)
+    if run.is_main:
+        save_config(cfg, run.path / "config.yaml")
+    run.set_status(step=start, total_steps=cfg.steps)
+    done = saved = start
+    checkpoint = lambda step: save_checkpoint(run, step, tr.models, tr.optimizers, tr.kl_ctl, cfg)  # noqa: E731
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            if run.should_stop():
+                break
+            metrics, records = ppo_step(tr, step, run.check_stop)
+            tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
+            run.log_metrics(step, metrics)
+            run.log_tokens(records)
+            run.set_status(step=step)
+            done = step
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                checkpoint(step)
+                saved = step
+    except StopRequested:
+        # Stopped inside a step: its records are dropped, but the weights have already moved,
+        # so save them under the last whole step (resume re-runs the interrupted step).
+        if done > start:
+            checkpoint(done)
+        raise
+    if done != saved:  # stopped between checkpoints: keep the last whole step
+        checkpoint(done)
+    if run.is_main and not run.should_stop():
+        policy = tr.models.policy.merge_and_unload() if cfg.lora_rank else tr.models.policy
+        policy.save_pretrained(run.path / "model", safe_serialization=True)
+        tr.models.tokenizer.save_pretrained(run.path / "model")
+
+
+def run_ppo(cfg: PPOConfig, resume: str | None = None) -> str:
+    """Foreground run for the CLI; returns the final state."""
+    out = cfg.output_dir or (resume or str(new_run_dir(".", "ppo")))
+    cfg.output_dir = out
+    dist = Dist()
+    run = Run(out, "ppo", is_main=dist.is_main)
+    state = run_to_completion(run, lambda r: ppo_body(cfg, r, resume))
+    if dist.is_main:
+        st = run._status
+        print(f"PPO run {out}: {state} at step {st.get('step')}" + (f" ({st['error']})" if st.get("error") else ""))
+    return state
+
+
+def start_ppo_job(workspace: str | Path, cfg: PPOConfig, resume: str | None = None) -> Run:
+    """Background thread for the GUI. `resume`: the run directory to continue (it keeps its id)."""
+    path = Path(resume) if resume else Path(cfg.output_dir or new_run_dir(workspace, "ppo"))
+    cfg.output_dir = str(path)
+    run = Run(path, "ppo")
+    return JOBS.start(workspace, run, lambda r: ppo_body(cfg, r, resume))

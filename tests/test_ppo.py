@@ -1,0 +1,138 @@
+"""The PPO engine end to end on tiny random models: records, invariants, checkpoints, resume, failure."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from core.config import PPOConfig
+from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
+from core.runs import JOBS, read_metrics, read_status, read_tokens, request_stop
+
+from tiny_models import tiny_model
+
+PROMPTS = ["a charming", "the acting is", "i hated", "one of the best", "a slow", "the plot"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("ppo")
+    tiny_model("gpt2", tiny_tokenizer, 0).save_pretrained(root / "policy")
+    torch.manual_seed(1)
+    rm_config = tiny_model("gpt2", tiny_tokenizer, 1).config
+    rm_config.num_labels = 1
+    AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(root / "rm")
+    for name in ("policy", "rm"):
+        tiny_tokenizer.save_pretrained(root / name)
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return root
+
+
+def cfg_for(dirs, out, **kw):
+    base = dict(policy=str(dirs / "policy"), reward_model=str(dirs / "rm"), prompts=str(dirs / "prompts.txt"),
+                steps=3, batch_size=4, response_length=6, ppo_epochs=2, save_every=2, log_samples=2,
+                output_dir=str(out), learning_rate=1e-3, critic_learning_rate=1e-3)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+METRIC_KEYS = ["objective/score", "objective/gold", "objective/kl", "objective/kl_coef", "objective/rlhf_reward",
+               "objective/entropy", "loss/policy", "loss/value", "policy/approx_kl", "policy/clipfrac",
+               "policy/entropy", "val/clipfrac", "val/explained_variance", "tokens/response_len",
+               "time/rollout", "time/score", "time/update", "eps"]
+
+
+def test_run_writes_the_contract_and_token_invariants_hold(dirs, tmp_path):
+    out = tmp_path / "run"
+    assert run_ppo(cfg_for(dirs, out)) == "finished"
+    st = read_status(out)
+    assert st["kind"] == "ppo" and st["state"] == "finished" and st["step"] == 3
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for k in METRIC_KEYS:
+        assert all(isinstance(r[k], float) for r in rows), k
+    toks = read_tokens(out)
+    assert len(toks) == 3 * 2
+    for rec in toks:
+        n = len(rec["tokens"])
+        assert n >= 1 and all(len(rec[k]) == n for k in ("logprob", "ref_logprob", "kl", "reward", "value",
+                                                         "advantage", "return"))
+        beta = rec["kl_coef"]
+        assert sum(rec["reward"]) == pytest.approx(rec["score"] - beta * sum(rec["kl"]), abs=1e-4)
+        for a, v, g in zip(rec["advantage"], rec["value"], rec["return"]):
+            assert a + v == pytest.approx(g, abs=1e-4)
+        # the score sits on the last token: r_T = score - beta * kl_T; earlier r_t = -beta * kl_t
+        assert rec["reward"][-1] == pytest.approx(rec["score"] - beta * rec["kl"][-1], abs=1e-4)
+        for r, k in zip(rec["reward"][:-1], rec["kl"][:-1]):
+            assert r == pytest.approx(-beta * k, abs=1e-5)
+        assert rec["kl"] == pytest.approx([a - b for a, b in zip(rec["logprob"], rec["ref_logprob"])], abs=1e-5)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert (out / "config.yaml").exists()
+    AutoModelForCausalLM.from_pretrained(out / "model")  # the final policy loads with plain transformers
+    AutoModelForSequenceClassification.from_pretrained(out / "checkpoints" / "step-000003" / "critic")
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # safetensors only
+
+
+def test_first_step_kl_is_zero_and_policy_moves(dirs, tmp_path):
+    out = tmp_path / "run"
+    run_ppo(cfg_for(dirs, out, steps=2, save_every=10))
+    first = read_metrics(out)[0]
+    assert first["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # policy == reference before any update
+    assert first["policy/approx_kl"] > 0  # the update changed the policy within the step
+    before = AutoModelForCausalLM.from_pretrained(dirs / "policy").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_continues_without_gap_or_duplicate(dirs, tmp_path):
+    out = tmp_path / "run"
+    run_ppo(cfg_for(dirs, out, steps=3, save_every=2))
+    # As if the run had died after logging step 3 but before checkpointing it:
+    import shutil
+    shutil.rmtree(out / "checkpoints" / "step-000003")
+    assert run_ppo(cfg_for(dirs, out, steps=5, save_every=2), resume=str(out)) == "finished"
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert sorted({r["step"] for r in read_tokens(out)}) == [1, 2, 3, 4, 5]
+    state = json.loads((out / "checkpoints" / "step-000005" / "trainer_state.json").read_text())
+    assert state["step"] == 5
+
+
+def test_nan_score_fails_the_run_and_names_it(dirs, tmp_path, monkeypatch):
+    import core.ppo as ppo
+    real = ppo.score_texts
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        s = real(*a, **k)
+        return s * float("nan") if calls["n"] == 2 else s
+
+    monkeypatch.setattr(ppo, "score_texts", poisoned)
+    out = tmp_path / "run"
+    assert run_ppo(cfg_for(dirs, out, steps=4, save_every=1)) == "failed"
+    st = read_status(out)
+    assert st["state"] == "failed" and "score" in st["error"] and "step 2" in st["error"]
+    assert (out / "error.log").exists()
+    AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-000001" / "policy")  # still loadable
+
+
+def test_background_job_stops_on_request(dirs, tmp_path):
+    ws = tmp_path / "ws"
+    run = start_ppo_job(ws, cfg_for(dirs, "", steps=500, save_every=1000))
+    with pytest.raises(RuntimeError, match="already running"):
+        start_ppo_job(ws, cfg_for(dirs, "", steps=5))
+    import time
+    t0 = time.time()
+    while read_status(run.path).get("step", 0) < 1 and time.time() - t0 < 60:
+        time.sleep(0.05)
+    request_stop(run.path)
+    JOBS.wait(ws, "ppo", timeout=60)
+    st = read_status(run.path)
+    assert st["state"] == "stopped" and 1 <= st["step"] < 500
+    assert (run.path / "checkpoints").exists()  # the last whole step is kept
+
+
+def test_prompt_batches_cycle_through_every_prompt():
+    prompts = [f"p{i}" for i in range(5)]
+    seen = [p for s in range(5) for p in prompt_batch(prompts, s, 2, seed=0)]
+    assert sorted(seen[:5]) == prompts and sorted(seen[5:10]) == prompts
