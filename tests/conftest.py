@@ -25,3 +25,23 @@ def tiny_tokenizer():
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    pad_token="<pad>", padding_side="left")
     return fast
+
+
+PPO_PROMPTS = ["a charming", "the acting is", "i hated", "one of the best", "a slow", "the plot"]
+
+
+@pytest.fixture(scope="session")
+def ppo_dirs(tmp_path_factory, tiny_tokenizer):
+    """A tiny random policy, a tiny random reward model (seq-classification) and a prompt file."""
+    from transformers import AutoModelForSequenceClassification
+    from tiny_models import tiny_model
+    root = tmp_path_factory.mktemp("ppo")
+    tiny_model("gpt2", tiny_tokenizer, 0).save_pretrained(root / "policy")
+    rm_config = tiny_model("gpt2", tiny_tokenizer, 1).config
+    rm_config.num_labels = 1
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(root / "rm")
+    for name in ("policy", "rm"):
+        tiny_tokenizer.save_pretrained(root / name)
+    (root / "prompts.txt").write_text("\n".join(PPO_PROMPTS) + "\n")
+    return root

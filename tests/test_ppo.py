@@ -11,21 +11,9 @@ from core.runs import JOBS, read_metrics, read_status, read_tokens, request_stop
 
 from tiny_models import tiny_model
 
-PROMPTS = ["a charming", "the acting is", "i hated", "one of the best", "a slow", "the plot"]
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("ppo")
-    tiny_model("gpt2", tiny_tokenizer, 0).save_pretrained(root / "policy")
-    torch.manual_seed(1)
-    rm_config = tiny_model("gpt2", tiny_tokenizer, 1).config
-    rm_config.num_labels = 1
-    AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(root / "rm")
-    for name in ("policy", "rm"):
-        tiny_tokenizer.save_pretrained(root / name)
-    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
-    return root
+@pytest.fixture
+def dirs(ppo_dirs):
+    return ppo_dirs
 
 
 def cfg_for(dirs, out, **kw):
