@@ -114,12 +114,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dropout", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None, help="continue training this model directory (keeps its tokenizer)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     train_lines, held_lines = read_corpus(Path(args.data))
-    tok = train_tokenizer(train_lines, args.vocab)
+    if args.init:
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init)
+        tok.padding_side = "left"
+    else:
+        tok = train_tokenizer(train_lines, args.vocab)
     seqs = encode_lines(tok, train_lines)
     n_tok = sum(len(s) for s in seqs)
     print(f"train lines {len(train_lines)}  held-out {len(held_lines)}  train tokens {n_tok}", flush=True)
@@ -131,6 +136,8 @@ def main() -> None:
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(cfg)
+    if args.init:  # same architecture, trained weights; dropout as asked for now
+        model.load_state_dict(GPT2LMHeadModel.from_pretrained(args.init).state_dict())
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters {n_params / 1e6:.2f}M", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -144,7 +151,7 @@ def main() -> None:
     stream = batches(seqs, args.block, args.batch, rng)
     while (elapsed := time.time() - t0) < budget:
         frac = elapsed / budget
-        warm = min(1.0, step / 200)
+        warm = min(1.0, step / 200) if not args.init else 1.0
         lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
