@@ -139,9 +139,14 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     Only the response positions go through the LM head's output slice, and positions come from
     the mask exactly as in `generate`, so these logprobs reproduce the sampling-time ones.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from(attention_mask), use_cache=False)
-    return out.logits[:, prompt_len - 1:-1].float() / temperature  # (B, T, V)
+    T = input_ids.shape[1] - prompt_len
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from(attention_mask),
+              use_cache=False)
+    try:  # the LM head only where it predicts a response token (most models take logits_to_keep)
+        logits = model(**kw, logits_to_keep=T + 1).logits
+    except TypeError:
+        logits = model(**kw).logits
+    return logits[:, -(T + 1):-1].float() / temperature  # (B, T, V)
 
 
 def response_logprobs(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0) -> torch.Tensor:

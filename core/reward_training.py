@@ -117,6 +117,9 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[Pairs, Pairs, dict]:
     """(train, val, info). Raises ValueError for data that cannot train a reward model."""
     if not 0 <= cfg.val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     rows, margins = load_rows(cfg.data, "data")
     rows, margins, dropped = _keep_informative(rows, margins, cfg.data)
     if not cfg.use_margin:
@@ -282,7 +285,7 @@ def _train(cfg: RewardConfig, run: Run, accelerator: Accelerator) -> Path:
         for batch in _batches(train, cfg.batch_size, rng):
             t0 = time.perf_counter()
             local = batch[rank::world] or batch[:1]  # every rank must run a forward for DDP
-            micro = [m for m in (local[i::cfg.grad_accum] for i in range(max(1, cfg.grad_accum))) if m]
+            micro = [m for m in (local[i::cfg.grad_accum] for i in range(cfg.grad_accum)) if m]
             sums = torch.zeros(3, device=device)
             for k, idx in enumerate(micro):
                 ids, mask, margin = _pair_batch(train, idx, pad, device)
