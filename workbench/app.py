@@ -9,6 +9,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline tool
 
 import gradio as gr  # noqa: E402
+import torch  # noqa: E402
 
 from core.config import DEFAULT_MODEL  # noqa: E402
 
@@ -17,7 +18,7 @@ from .tabs import inspect as inspect_tab, label, ppo, reward  # noqa: E402
 
 CSS = """
 .token-view span { padding: 1px 0; border-radius: 3px; font-family: monospace; }
-"""
+""" + label.CSS
 
 
 def build_app(ws: Workspace) -> gr.Blocks:
@@ -64,11 +65,15 @@ def main(argv=None) -> None:
     if not is_loopback(args.host) and auth is None:
         sys.exit(f"refusing to bind to {args.host} without --auth USER:PASS: anyone on the network "
                  "could run training jobs and read your data. Add --auth, or bind to 127.0.0.1.")
+    # Keep the web server responsive while models run in this process: torch gets all cores but
+    # one, and the GIL is handed over more often (default 5 ms) so request threads are not starved.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    sys.setswitchinterval(0.0005)
     ws = Workspace(args.workspace, args.model)
     app = build_app(ws)
     app.queue(default_concurrency_limit=8)
     app.launch(server_name=args.host, server_port=args.port, auth=auth, ssr_mode=False,
-               css=CSS, footer_links=[], show_error=True)
+               css=CSS, js=label.HOTKEYS_JS, footer_links=[], show_error=True)
 
 
 if __name__ == "__main__":
