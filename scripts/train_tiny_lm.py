@@ -100,6 +100,20 @@ def bits_per_byte(model, tok, lines: list[str], batch: int = 64) -> float:
     return nll / math.log(2) / nbytes
 
 
+def save(model, tok, out: Path) -> None:
+    """A plain Hugging Face directory, dropout off (it is a training-time setting only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    drop = (cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop)
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
+    model.generation_config.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=24,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    cfg.resid_pdrop, cfg.embd_pdrop, cfg.attn_pdrop = drop
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/rt-polarity")
@@ -114,9 +128,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dropout", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is robust on a busy machine")
     ap.add_argument("--init", default=None, help="continue training this model directory (keeps its tokenizer)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     train_lines, held_lines = read_corpus(Path(args.data))
@@ -163,24 +180,19 @@ def main() -> None:
         opt.step()
         step += 1
         seen += x.numel()
-        if time.time() - last_log > 120:
+        if time.time() - last_log > 300:
             last_log = time.time()
             bpb = bits_per_byte(model, tok, held_lines)
             print(f"{elapsed / 60:6.1f} min  step {step}  epochs {seen / n_tok:5.1f}  loss {loss.item():.3f}  "
                   f"lr {lr:.2e}  held-out bpb {bpb:.3f}", flush=True)
+            save(model, tok, Path(args.out + ".partial"))  # progress survives a killed run
 
     minutes = (time.time() - t0) / 60
     bpb = bits_per_byte(model, tok, held_lines)
     print(f"final: {step} steps, {minutes:.1f} min, held-out bits/byte {bpb:.3f}", flush=True)
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
-    model.generation_config.update(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=24,
-                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save(model, tok, out)
     (out / "training_stats.json").write_text(json.dumps({
         "held_out_bits_per_byte": round(bpb, 4), "minutes": round(minutes, 1), "steps": step,
         "parameters": n_params, "train_tokens": n_tok, "epochs": round(seen / n_tok, 1),
