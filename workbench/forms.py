@@ -8,6 +8,7 @@ validation and give the same error messages.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import gradio as gr
@@ -16,7 +17,6 @@ from core.config import field_type, from_dict, to_yaml
 
 
 def _optional(cls, name: str) -> bool:
-    import typing
     return "None" in str(typing.get_type_hints(cls)[name])
 
 
@@ -36,7 +36,8 @@ def component_for(cls, fl: dataclasses.Field, value) -> gr.components.Component:
     if tp in (int, float):
         info = help_ + (" Empty = null." if _optional(cls, fl.name) else "")
         return gr.Number(value=value, label=label, info=info, precision=0 if tp is int else None)
-    return gr.Textbox(value="" if value is None else str(value), label=label, info=help_, max_lines=1)
+    info = help_ + (" Empty = null." if _optional(cls, fl.name) else "")
+    return gr.Textbox(value="" if value is None else str(value), label=label, info=info, max_lines=1)
 
 
 def config_values(cfg, names: list[str]) -> list:
@@ -48,8 +49,12 @@ def values_to_config(cls, names: list[str], values) -> object:
     """Component values -> config. Raises ValueError (from core.config) naming the bad field.
 
     Strings are stripped: a stray space pasted into a path field must not make a different path.
+    An empty box of an Optional field is null, as the form shows null as an empty box.
     """
-    data = {n: (v.strip() if isinstance(v, str) else v) for n, v in zip(names, values)}
+    data = {}
+    for n, v in zip(names, values):
+        v = v.strip() if isinstance(v, str) else v
+        data[n] = None if v == "" and _optional(cls, n) else v
     return from_dict(cls, data)
 
 
