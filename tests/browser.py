@@ -117,7 +117,7 @@ def app_server():
         server.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # per module: a second live sync_playwright in one process is refused
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} missing: run `make chromium`")

@@ -47,7 +47,8 @@ def build(ws) -> None:
                     "with the run's reward model.")
         compare_btn = gr.Button("Sample and compare", elem_id="inspect-compare")
         compare_msg = gr.Markdown()
-        compare_table = gr.Dataframe(logic.empty_compare(), interactive=False, wrap=True, show_label=False)
+        compare_table = gr.Dataframe(logic.empty_compare(), interactive=False, wrap=True, show_label=False,
+                                     column_widths=["14%", "31%", "12%", "31%", "12%"])
 
     # -- wiring
     def render(path, step_value, sample_value, qty):
