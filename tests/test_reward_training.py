@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
@@ -40,7 +41,12 @@ def save_tiny(path: Path, tokenizer, drop_pad: bool = False) -> str:
     model = tiny_model("gpt2", tokenizer)
     model.save_pretrained(path)
     if drop_pad:  # a tokenizer without a pad token, like GPT-2's own
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer,
+        # A copy of the backend without its padding state: a shared tokenizer that padded a batch
+        # earlier in the session would otherwise carry "<pad>" into tokenizer.json.
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_padding()
+        backend.no_truncation()
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend,
                                             eos_token=tokenizer.eos_token, bos_token=tokenizer.bos_token)
     tokenizer.save_pretrained(path)
     return str(path)
