@@ -28,10 +28,11 @@ from .ppo import (Models, check_finite, decode_responses, experience_metrics, ma
 from .runs import JOBS, Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
 
 
-def read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+def read_prompts(path: str | Path) -> list[str]:
+    """Non-empty lines of a prompt file (PPO, the Label tab's pair sampling)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"prompt file {p} does not exist")
     prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not prompts:
         raise ValueError(f"prompt file {path} has no prompts (one per line)")

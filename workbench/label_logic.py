@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.ppo_run import read_prompts
 from core.config import DEFAULT_PROMPTS, GenerationConfig
 from core.models import load_scalar_model, load_tokenizer
 from core.preferences import (PairFiller, PreferenceStore, SentimentAnnotator, agreement, export,
@@ -59,16 +60,6 @@ def store_for(ws) -> PreferenceStore:
         return _stores[key]
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"prompt file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {path} has no prompts (one per line)")
-    return prompts
-
-
 def ensure_filler(ws) -> PairFiller | None:
     """Start the background pair filler for this workspace once (cheap on every later call)."""
     key = str(ws.db_path)
@@ -79,7 +70,7 @@ def ensure_filler(ws) -> PairFiller | None:
         pause = float(os.environ.get("RLHF_QUEUE_PAUSE", "1.0"))
         if target <= 0:
             return None
-        filler = PairFiller(store_for(ws), lambda: ws.policy(), read_prompt_file(DEFAULT_PROMPTS),
+        filler = PairFiller(store_for(ws), lambda: ws.policy(), read_prompts(DEFAULT_PROMPTS),
                             model_name=ws.model_path, target=target, pause_s=pause, lock=SAMPLING_LOCK)
         with _lock:
             filler = _fillers.setdefault(key, filler)
@@ -236,8 +227,8 @@ def prompts_from(source: str, path: str, typed: str) -> list[str]:
     if source == "Prompt file":
         if not (path or "").strip():
             raise ValueError("enter the path of a prompt file (one prompt per line)")
-        return read_prompt_file(path.strip())
-    return read_prompt_file(DEFAULT_PROMPTS)
+        return read_prompts(path.strip())
+    return read_prompts(DEFAULT_PROMPTS)
 
 
 def generate_pairs(ws, policy: str, source: str, path: str, typed: str, n, temperature, max_new_tokens,
