@@ -2,6 +2,7 @@
 
     python benchmarks/bench_reward.py [--model DIR] [--pairs 1200] [--val 200] [--epochs 2]
                                       [--batch-size 16] [--lr 3e-4] [--trl-steps 40] [--data-cache FILE]
+                                      [--keep DIR]
 
 1. Samples 2 x pairs responses (24 new tokens) from the embedded model on the default prompts.
 2. Labels each pair with SentimentAnnotator(temperature=0.1): a noisy Bradley-Terry annotator.
@@ -124,10 +125,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--max-length", type=int, default=96)
-    ap.add_argument("--trl-steps", type=int, default=40)
+    ap.add_argument("--trl-steps", type=int, default=40, help="0 skips TRL (e.g. for a hyperparameter sweep)")
     ap.add_argument("--trl-default-steps", type=int, default=3, help="0 skips the (slow on CPU) TRL-defaults run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-cache", help="JSON file of sampled pairs: read if it exists, else written")
+    ap.add_argument("--keep", help="copy the trained reward model here (e.g. for bench_ppo_e2e.py --reward-model)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -158,7 +160,7 @@ def main() -> None:
     ours = st["pairs_per_s"]
     acc, n_clear = gold_accuracy(run / "model", pairs[n_train:])
 
-    trl_fair = trl_pairs_per_s(args.model, rows[:n_train], args, args.trl_steps, fair=True)
+    trl_fair = trl_pairs_per_s(args.model, rows[:n_train], args, args.trl_steps, fair=True) if args.trl_steps else None
     trl_default = trl_pairs_per_s(args.model, rows[:n_train], args, args.trl_default_steps, fair=False) \
         if args.trl_default_steps else None
     ratio = ours / trl_fair if trl_fair else None
@@ -188,6 +190,9 @@ def main() -> None:
                "trl_defaults_pairs_per_s": None if trl_default is None else round(trl_default, 3),
                "ratio": None if ratio is None else round(ratio, 2), "lm_minutes": stats.get("minutes"),
                "goal_met": bool(acc >= 0.8 and (ratio or 0) >= 1.5 and wall < 180)}
+    if args.keep:
+        shutil.copytree(run / "model", args.keep, dirs_exist_ok=True)
+        print(f"reward model kept in {args.keep}")
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures))
 

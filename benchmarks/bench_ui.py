@@ -160,7 +160,8 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=30, help="Label clicks per phase")
     ap.add_argument("--switch-rounds", type=int, default=6, help="rounds of 5 tab switches per phase")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the app (OMP_NUM_THREADS)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP_NUM_THREADS of the app and its training process (0: torch's default, all cores)")
     ap.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment variable for the app process (repeatable), for experiments")
     args = ap.parse_args()
@@ -170,7 +171,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-ui-"))
     ws = prepare(root, args.policy, pairs=2 * args.clicks + 10)
     extra = dict(kv.split("=", 1) for kv in args.app_env)
-    server = AppServer(ws, env={"OMP_NUM_THREADS": str(args.threads), "RLHF_QUEUE_TARGET": "0", **extra},
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    server = AppServer(ws, env={**threads, "RLHF_QUEUE_TARGET": "0", **extra},
                        args=["--model", args.policy])
     try:
         with sync_playwright() as p:

@@ -25,7 +25,8 @@ from .config import PPOConfig, save_config
 from .models import load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
 from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
                   score, token_records, update)
-from .runs import JOBS, Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
+from .jobs import JOBS, Job
+from .runs import Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -247,9 +248,9 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None) -> str:
     return state
 
 
-def start_ppo_job(workspace: str | Path, cfg: PPOConfig, resume: str | None = None) -> Run:
-    """Background thread for the GUI. `resume`: the run directory to continue (it keeps its id)."""
+def start_ppo_job(workspace: str | Path, cfg: PPOConfig, resume: str | None = None) -> Job:
+    """A background process for the GUI (core.jobs). `resume`: the run directory to continue
+    (it keeps its id and its config)."""
     path = Path(resume) if resume else Path(cfg.output_dir or new_run_dir(workspace, "ppo"))
     cfg.output_dir = str(path)
-    run = Run(path, "ppo")
-    return JOBS.start(workspace, run, lambda r: ppo_body(cfg, r, resume))
+    return JOBS.start(workspace, "ppo", cfg, path, resume=resume is not None)

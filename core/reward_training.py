@@ -7,7 +7,7 @@ Two entry points share one body:
   CLI  train_reward_model(cfg)        makes the Run at cfg.output_dir and wraps it in run_to_completion;
                                       errors are re-raised so the command exits non-zero
   GUI  start_reward_job(ws, cfg)      checks the config synchronously (errors reach the user at once),
-                                      then runs train_reward_model(cfg, run) in a core.runs.JOBS thread
+                                      then runs train_reward_model(cfg, run) in a core.jobs child process
 Everything goes through accelerate.Accelerator, so `accelerate launch -m core.cli train-rm ...` works;
 only the main process writes files.
 """
@@ -32,7 +32,8 @@ from .config import RewardConfig, save_config
 from .models import autocast, check_model_dir, load_scalar_model, sequence_scores
 from .preferences import PreferenceStore, read_preferences
 from .rl import pairwise_loss
-from .runs import JOBS, Run, StopRequested, new_run_dir, read_status, run_to_completion, write_json_atomic
+from .jobs import JOBS, Job
+from .runs import Run, StopRequested, new_run_dir, read_status, run_to_completion, write_json_atomic
 from .scoring import pad_right, tokenize_for_scoring
 
 EVAL_BATCH = 64          # pairs per no-grad forward when validating
@@ -352,7 +353,7 @@ def _pairs_done(step: int, cfg: RewardConfig, train: Pairs) -> int:
 def train_reward_model(cfg: RewardConfig, run: Run | None = None) -> Path:
     """Train and save a reward model; returns the run directory.
 
-    With `run` (the GUI's JOBS thread) this is the job body: the caller's run_to_completion
+    With `run` (a core.jobs child process) this is the job body: the caller's run_to_completion
     records the outcome. Without it (the CLI) it makes the Run at cfg.output_dir itself, uses all
     CPU cores, and re-raises a failure after recording it, so the command exits non-zero.
     """
@@ -388,8 +389,8 @@ def train_reward_model(cfg: RewardConfig, run: Run | None = None) -> Path:
     return run.path
 
 
-def start_reward_job(workspace: str | Path, cfg: RewardConfig) -> Run:
-    """Check the config (ValueError at once), then train in a background thread; returns its Run.
+def start_reward_job(workspace: str | Path, cfg: RewardConfig) -> Job:
+    """Check the config (ValueError at once), then train in a background process (core.jobs).
 
     RuntimeError when a reward run is already running in this workspace.
     """
@@ -398,5 +399,4 @@ def start_reward_job(workspace: str | Path, cfg: RewardConfig) -> Run:
         raise RuntimeError(f"a reward run is already running: {active.path.name}. Stop it first.")
     cfg = dataclasses.replace(cfg, output_dir=cfg.output_dir or str(new_run_dir(workspace, "reward")))
     preflight(cfg)
-    run = Run(cfg.output_dir, "reward")
-    return JOBS.start(workspace, run, lambda r: train_reward_model(cfg, r))
+    return JOBS.start(workspace, "reward", cfg, cfg.output_dir)

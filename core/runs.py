@@ -97,12 +97,14 @@ class Run:
             raise StopRequested()
 
 
-def run_to_completion(run: Run, body: Callable[[Run], None]) -> str:
+def run_to_completion(run: Run, body: Callable[[Run], None], clear_stop: bool = True) -> str:
     """Run `body(run)` and leave status.json in a final state: finished, stopped or failed.
 
-    A failure keeps its message in status.json and the traceback in error.log.
+    A failure keeps its message in status.json and the traceback in error.log. `clear_stop=False`
+    when the starter already cleared STOP (core.jobs), so a stop asked for while the process was
+    still importing is kept.
     """
-    if run.is_main:
+    if run.is_main and clear_stop:
         (run.path / "STOP").unlink(missing_ok=True)  # a stale STOP from an earlier stop must not end a resume
     run.set_status(state="running", error=None, pid=os.getpid(), started=time.time())
     try:
@@ -154,46 +156,24 @@ def list_runs(workspace: str | Path, kind: str | None = None) -> list[dict]:
     return out
 
 
+def process_gone(st: dict) -> bool:
+    """A "running" status whose process no longer exists on this machine (killed, crashed, app
+    restarted): it will never finish, so readers show it as interrupted and it can be resumed."""
+    pid = st.get("pid")
+    if st.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    try:  # a child that died before its parent reaped it is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def request_stop(path: str | Path) -> None:
     """Ask any run to stop, whichever process runs it."""
     Path(path, "STOP").touch()
-
-
-# ---------------------------------------------------------------- background jobs (one process)
-class Jobs:
-    """Background training threads of one app process; one job per kind per workspace."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._jobs: dict[tuple[str, str], tuple[threading.Thread, Run]] = {}
-
-    def start(self, workspace: str | Path, run: Run, body: Callable[[Run], None]) -> Run:
-        key = (str(Path(workspace).resolve()), run.kind)
-        with self._lock:
-            cur = self._jobs.get(key)
-            if cur and cur[0].is_alive():
-                raise RuntimeError(f"a {run.kind} run is already running in this workspace: {cur[1].path.name}. "
-                                   "Stop it first.")
-            run.set_status(state="running")  # visible before the thread gets going
-            t = threading.Thread(target=run_to_completion, args=(run, body), daemon=True, name=f"{run.kind}-job")
-            self._jobs[key] = (t, run)
-            t.start()
-        return run
-
-    def active(self, workspace: str | Path, kind: str) -> Run | None:
-        cur = self._jobs.get((str(Path(workspace).resolve()), kind))
-        return cur[1] if cur and cur[0].is_alive() else None
-
-    def stop(self, workspace: str | Path, kind: str) -> bool:
-        run = self.active(workspace, kind)
-        if run:
-            run.request_stop()
-        return run is not None
-
-    def wait(self, workspace: str | Path, kind: str, timeout: float | None = None) -> None:
-        cur = self._jobs.get((str(Path(workspace).resolve()), kind))
-        if cur:
-            cur[0].join(timeout)
-
-
-JOBS = Jobs()

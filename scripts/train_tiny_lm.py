@@ -165,6 +165,7 @@ def main() -> None:
     budget = args.minutes * 60
     t0 = time.time()
     step, last_log, seen = 0, t0, 0
+    best_bpb, best_state = float("inf"), None  # many epochs over a small corpus: keep the best held-out
     stream = batches(seqs, args.block, args.batch, rng)
     while (elapsed := time.time() - t0) < budget:
         frac = elapsed / budget
@@ -185,10 +186,16 @@ def main() -> None:
             bpb = bits_per_byte(model, tok, held_lines)
             print(f"{elapsed / 60:6.1f} min  step {step}  epochs {seen / n_tok:5.1f}  loss {loss.item():.3f}  "
                   f"lr {lr:.2e}  held-out bpb {bpb:.3f}", flush=True)
-            save(model, tok, Path(args.out + ".partial"))  # progress survives a killed run
+            if bpb < best_bpb:
+                best_bpb, best_state = bpb, {k: v.clone() for k, v in model.state_dict().items()}
+                save(model, tok, Path(args.out + ".partial"))  # progress survives a killed run
 
     minutes = (time.time() - t0) / 60
     bpb = bits_per_byte(model, tok, held_lines)
+    if best_state is not None and best_bpb < bpb:  # the last stretch overfitted: ship the best
+        print(f"final held-out {bpb:.3f} is worse than the best {best_bpb:.3f}: keeping the best", flush=True)
+        model.load_state_dict(best_state)
+        bpb = best_bpb
     print(f"final: {step} steps, {minutes:.1f} min, held-out bits/byte {bpb:.3f}", flush=True)
 
     out = Path(args.out)

@@ -1,6 +1,8 @@
 """Pair sampling, the background filler, reward-model ordering, and the Label tab's plain handlers
 (no browser, tiny random models)."""
 import json
+import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -9,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from core.config import GenerationConfig
+from core.preferences.sampling import FILLER_NICE
 from core.preferences import PairFiller, PreferenceStore, sample_pairs, score_pairs, unlabelled_count
 from tiny_models import tiny_config, tiny_model
 from workbench import label_logic as logic
@@ -48,12 +51,21 @@ def test_filler_keeps_target_unlabelled(tmp_path, lm):
     store.add_label(store.next_pairs("x", 1)[0].id, "x", "a", "a")
     assert unlabelled_count(store, "tiny") == 5 and unlabelled_count(store, "other") == 0
     filler.pause_s = filler.check_every_s = 0.01
+    seen_nice = []
+
+    def load():  # called in the filler's own thread, whose OS priority it lowered for itself
+        seen_nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return lm
+    filler.load_model = load
     filler.start()
     deadline = time.monotonic() + 30
     while unlabelled_count(store, "tiny") < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
     filler.stop(10)
     assert not filler.running and unlabelled_count(store, "tiny") == 6 and filler.last_error is None
+    me = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen_nice and seen_nice[0] == min(19, me + FILLER_NICE)  # the sampler yields to request handling
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == me  # and only that thread
 
 
 def test_score_pairs_orders_least_sure_first(tmp_path, tiny_tokenizer):

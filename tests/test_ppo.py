@@ -1,13 +1,15 @@
 """The PPO engine end to end on tiny random models: records, invariants, checkpoints, resume, failure."""
 import json
+import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from core.config import PPOConfig
+from core.jobs import JOBS, NICE
 from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
-from core.runs import JOBS, read_metrics, read_status, read_tokens, request_stop
+from core.runs import read_metrics, read_status, read_tokens, request_stop
 
 from tiny_models import tiny_model
 
@@ -104,20 +106,55 @@ def test_nan_score_fails_the_run_and_names_it(dirs, tmp_path, monkeypatch):
     AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-000001" / "policy")  # still loadable
 
 
+def wait_for_step(path, step: int = 1, timeout: float = 90) -> None:
+    import time
+    t0 = time.time()
+    while read_status(path).get("step", 0) < step and time.time() - t0 < timeout:
+        time.sleep(0.05)
+
+
 def test_background_job_stops_on_request(dirs, tmp_path):
     ws = tmp_path / "ws"
     run = start_ppo_job(ws, cfg_for(dirs, "", steps=500, save_every=1000))
     with pytest.raises(RuntimeError, match="already running"):
         start_ppo_job(ws, cfg_for(dirs, "", steps=5))
-    import time
-    t0 = time.time()
-    while read_status(run.path).get("step", 0) < 1 and time.time() - t0 < 60:
-        time.sleep(0.05)
+    wait_for_step(run.path)
+    # a child process below the app's priority, so the app's requests come first
+    assert run.proc.pid == read_status(run.path)["pid"]
+    assert os.getpriority(os.PRIO_PROCESS, run.proc.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
     request_stop(run.path)
     JOBS.wait(ws, "ppo", timeout=60)
     st = read_status(run.path)
     assert st["state"] == "stopped" and 1 <= st["step"] < 500
     assert (run.path / "checkpoints").exists()  # the last whole step is kept
+
+
+def test_a_job_stops_when_the_app_that_started_it_exits(dirs, tmp_path):
+    """The job process outlives a killed parent only until its orphan watch sees it: then it stops
+    like a requested stop, with a checkpoint, instead of training on unseen."""
+    import subprocess
+    import sys
+    ws, out = tmp_path / "ws", tmp_path / "ws" / "runs" / "ppo-orphan"
+    cfg_path = tmp_path / "cfg.yaml"
+    from core.config import save_config
+    save_config(cfg_for(dirs, out, steps=500, save_every=1000), cfg_path)
+    parent = subprocess.run([sys.executable, "-c", (
+        "import sys, time; sys.path[:0] = ['tests']\n"
+        "from core.config import PPOConfig, load_config\n"
+        "from core.ppo_run import start_ppo_job\n"
+        "from core.runs import read_status\n"
+        f"job = start_ppo_job({str(ws)!r}, load_config(PPOConfig, {str(cfg_path)!r}))\n"
+        "t0 = time.time()\n"
+        "while read_status(job.path).get('step', 0) < 1 and time.time() - t0 < 90: time.sleep(0.05)\n"
+        "import os; os._exit(0)  # no cleanup: as if the app were killed\n")], timeout=120)
+    assert parent.returncode == 0
+    import time
+    t0 = time.time()
+    while read_status(out).get("state") == "running" and time.time() - t0 < 60:
+        time.sleep(0.1)
+    st = read_status(out)
+    assert st["state"] == "stopped" and 1 <= st["step"] < 500, st
+    assert (out / "checkpoints").exists()
 
 
 def test_prompt_batches_cycle_through_every_prompt():

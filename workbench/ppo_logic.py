@@ -19,7 +19,9 @@ import pandas as pd
 from core.checkpoint import latest_checkpoint
 from core.config import DEFAULT_PROMPTS, PPOConfig, load_config
 from core.ppo_run import start_ppo_job
-from core.runs import JOBS, list_runs, read_status, request_stop
+from core import jobs
+from core.jobs import JOBS
+from core.runs import list_runs, process_gone, read_status, request_stop
 
 from . import hacking, ppo_plots
 from .forms import values_to_config, yaml_or_error
@@ -166,21 +168,6 @@ def policy_choices(ws) -> list[tuple[str, str]]:
     return out
 
 
-def process_gone(st: dict) -> bool:
-    """A "running" status whose process no longer exists on this machine (killed, crashed, app
-    restarted): it will never finish, so it is shown as interrupted and can be resumed."""
-    pid = st.get("pid")
-    if st.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, but not ours to signal
-        return False
-    return False
-
-
 def state_of(st: dict) -> str:
     return "interrupted" if process_gone(st) else st.get("state", "?")
 
@@ -278,14 +265,8 @@ def stop(ws, run_path: str) -> str:
 
 # ---------------------------------------------------------------- what to show
 def current_run(ws, chosen: str | None) -> str:
-    """The chosen run directory, else this app's active job, else the newest PPO run."""
-    if chosen:
-        return chosen
-    active = JOBS.active(ws.root, "ppo")
-    if active is not None:
-        return str(active.path)
-    runs = ppo_runs(ws)
-    return runs[0]["path"] if runs else ""
+    """The chosen run directory, else this app's active PPO job, else the newest PPO run."""
+    return jobs.current_run(ws.root, "ppo", chosen)
 
 
 def _stamp(p: Path) -> str:

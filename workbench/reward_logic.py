@@ -16,7 +16,9 @@ import pandas as pd
 from core.config import RewardConfig
 from core.models import load_scalar_model, load_tokenizer, pick_device
 from core.reward_training import start_reward_job
-from core.runs import JOBS, list_runs, read_metrics, read_status, request_stop
+from core import jobs
+from core.jobs import JOBS
+from core.runs import list_runs, read_metrics, read_status, request_stop
 from core.scoring import score_texts
 
 from . import plots
@@ -80,14 +82,8 @@ def run_choices(ws, with_model: bool = False) -> list[tuple[str, str]]:
 
 
 def current_run(ws, chosen: str | None) -> str:
-    """The run to display: the chosen one, else this app's active job, else the newest."""
-    if chosen:
-        return chosen
-    active = JOBS.active(ws.root, "reward")
-    if active is not None:
-        return str(active.path)
-    runs = reward_runs(ws)
-    return runs[0]["path"] if runs else ""
+    """The run to display: the chosen one, else this app's active reward job, else the newest."""
+    return jobs.current_run(ws.root, "reward", chosen)
 
 
 # ---------------------------------------------------------------- polling

@@ -6,12 +6,13 @@
   store, so a labeler never waits for sampling. It is polite on a shared CPU: small batches, a
   pause between batches, a slow poll while the queue is full, and it shares a lock with any
   foreground sampling so the two never run at once.
-- score_pairs: reward-model scores (r_a, r_b) per pair, the `order_by` mapping of
-  PreferenceStore.next_pairs (least-sure pairs first).
+- score_pairs: reward-model scores (r_a, r_b) per pair (core.scoring, as in training and PPO),
+  the `order_by` mapping of PreferenceStore.next_pairs (least-sure pairs first).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import threading
 import time
@@ -21,10 +22,11 @@ import torch
 
 from ..config import GenerationConfig
 from ..generation import decode_responses, generate
-from ..models import sequence_scores
+from ..scoring import score_texts  # the reward model's own convention (prompt + response + EOS)
 from .store import Pair, PreferenceStore
 
 Progress = Callable[[int, int], None]  # (pairs done, pairs total)
+FILLER_NICE = 10  # the background sampler yields to the app's request handling
 
 
 def pick_prompts(prompts: Sequence[str], n: int, rng: random.Random) -> list[str]:
@@ -136,6 +138,14 @@ class PairFiller:
         return added
 
     def _loop(self) -> None:
+        # Lower this thread's CPU priority (Linux: a thread is a task), so the app's event loop
+        # wins the CPU when a label click arrives. OpenMP teams are per calling thread in libgomp,
+        # so the worker threads this thread's torch ops start inherit the same niceness.
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + FILLER_NICE))
+        except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+            pass
         while not self._stop.is_set():
             try:
                 added = self.fill_once()
@@ -149,39 +159,6 @@ class PairFiller:
         self.store.close()  # this thread's connection
 
 
-def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
-
-
-@torch.no_grad()
-def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32,
-                max_length: int | None = None) -> list[float]:
-    """Reward of each prompt + response + EOS (the reward model reads the score at EOS).
-
-    Too-long texts lose the end of the response (the prompt too, only past the model's window);
-    the EOS always stays, since that is where the score is read.
-    """
-    max_length = max_length or getattr(model.config, "max_position_embeddings", None) or \
-        getattr(model.config, "n_positions", None) or 1024
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    device = next(model.parameters()).device
-    model.eval()
-    rows = []
-    for p, r in zip(prompts, responses):
-        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-        rows.append((p_ids + r_ids)[:max_length - 1] + [eos])
-    scores: list[float] = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = _pad_right(rows[i:i + batch_size], pad)
-        scores += sequence_scores(model, ids.to(device), mask.to(device)).tolist()
-    return scores
-
-
 def score_pairs(model, tokenizer, pairs: Sequence[Pair], batch_size: int = 32,
                 progress: Progress | None = None) -> dict[int, tuple[float, float]]:
     """{pair_id: (r_a, r_b)} for next_pairs(order_by=...): least-sure (smallest |r_a - r_b|) first."""
@@ -190,7 +167,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[Pair], batch_size: int = 32,
         chunk = pairs[i:i + batch_size]
         prompts = [p.prompt for p in chunk]
         r = score_texts(model, tokenizer, prompts * 2, [p.response_a for p in chunk] + [p.response_b for p in chunk],
-                        batch_size=2 * len(chunk))
+                        batch_size=2 * len(chunk)).tolist()
         out.update({p.id: (r[j], r[len(chunk) + j]) for j, p in enumerate(chunk)})
         if progress:
             progress(len(out), len(pairs))
