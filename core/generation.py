@@ -93,10 +93,12 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
         decoder = make_decoder(model, ids, mask, T, fast)
         logits = decoder.start(ids)
         for t in range(T):
-            logits = logits / cfg.temperature  # (B, V)
+            logp = torch.log_softmax(logits / cfg.temperature, -1)  # (B, V), the full scaled distribution
             u = None if uniforms is None else uniforms[:, t].to(device)
-            tok = sample_from(torch.softmax(filter_logits(logits, cfg.top_k, cfg.top_p), -1), generator, u)
-            logprobs[:, t] = logprobs_from_logits(logits, tok) * alive
+            truncated = cfg.top_k or cfg.top_p < 1.0
+            probs = torch.softmax(filter_logits(logp, cfg.top_k, cfg.top_p), -1) if truncated else logp.exp()
+            tok = sample_from(probs, generator, u)
+            logprobs[:, t] = logp.gather(1, tok[:, None]).squeeze(1) * alive
             tok = torch.where(alive, tok, pad)
             out_ids[:, t] = tok
             resp_mask[:, t] = alive
