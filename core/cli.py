@@ -36,7 +36,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "export":
+            from pathlib import Path
+
             from .preferences import PreferenceStore, export
+            if not Path(args.db).is_file():  # opening a store creates it: a typo must not export an empty one
+                raise FileNotFoundError(f"no preference database at {args.db}")
             n = export(PreferenceStore(args.db), args.out, include_ties=args.include_ties)
             print(f"wrote {n} pairs to {args.out}")
         elif args.cmd == "train-rm":
@@ -46,7 +50,8 @@ def main(argv=None) -> None:
         elif args.cmd == "ppo":
             from .config import PPOConfig, load_config
             from .ppo_run import run_ppo
-            run_ppo(load_config(PPOConfig, args.config, args.overrides), resume=args.resume)
+            if run_ppo(load_config(PPOConfig, args.config, args.overrides), resume=args.resume) == "failed":
+                sys.exit(1)  # the reason is printed above and kept in the run's status.json / error.log
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 

@@ -62,6 +62,12 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None,
     return torch.searchsorted(cdf, u).clamp(max=probs.shape[-1] - 1).squeeze(1)
 
 
+def context_length(model) -> int | None:
+    """Positions the model can attend over (GPT-2: n_positions; most others: max_position_embeddings)."""
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
 def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -82,6 +88,10 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
     ids, mask = encode_prompts(tokenizer, prompts, device)
     B, P = ids.shape
     T = cfg.max_new_tokens
+    context = context_length(model)
+    if context and P + T > context:
+        raise ValueError(f"the longest prompt ({P} tokens) plus {T} new tokens exceeds the model's context of "
+                         f"{context} tokens: lower max new tokens to at most {max(context - P, 0)} or shorten the prompts")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
     logprobs = torch.zeros(B, T, device=device)

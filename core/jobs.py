@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import save_config
-from .runs import Run, list_runs, read_status, request_stop, run_to_completion
+from .runs import Run, list_runs, process_gone, read_status, request_stop, run_to_completion
 
 NICE = 15  # weight 36 against the app's 1024 under CFS: the app wins every contended slice
 KINDS = ("ppo", "reward")
@@ -61,6 +61,10 @@ class Jobs:
             if cur and cur.alive():
                 raise RuntimeError(f"a {kind} run is already running in this workspace: {cur.path.name}. "
                                    "Stop it first.")
+            other = running_elsewhere(workspace, kind, path)
+            if other:  # a CLI run, or another app on the same workspace
+                raise RuntimeError(f"a {kind} run is already running in this workspace: {other['name']} "
+                                   f"(process {other['pid']}). Stop it first.")
             path.mkdir(parents=True, exist_ok=True)
             (path / "STOP").unlink(missing_ok=True)
             save_config(cfg, path / "config.yaml")
@@ -93,6 +97,15 @@ class Jobs:
 
 
 JOBS = Jobs()
+
+
+def running_elsewhere(workspace: str | Path, kind: str, besides: Path | None = None) -> dict | None:
+    """A run of `kind` under the workspace whose status says running and whose process is alive."""
+    for r in list_runs(workspace, kind):
+        if (r.get("state") == "running" and isinstance(r.get("pid"), int) and not process_gone(r)
+                and (besides is None or Path(r["path"]).resolve() != Path(besides).resolve())):
+            return r
+    return None
 
 
 def current_run(workspace: str | Path, kind: str, chosen: str | None = None) -> str:

@@ -106,6 +106,11 @@ class Dist:
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.sum(x) / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on one: all of them leave the loop at the same
+        point, so none is left waiting in a collective the others never reach."""
+        return bool(self.sum(torch.tensor(float(flag), device=self.device))) if self.world > 1 else flag
+
     def sync_grads(self, params) -> None:
         if self.world > 1:
             for p in params:
@@ -122,6 +127,27 @@ def whiten_global(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> torch.Tens
     mean = s[0] / s[2]
     var = (s[1] / s[2] - mean ** 2) * s[2] / (s[2] - 1).clamp(min=1)
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def check_config(cfg: PPOConfig, world: int = 1) -> None:
+    """Refuse what would only fail (or silently drop rows) later in the run, with a clear message."""
+    if not cfg.reward_model:
+        raise ValueError("No reward model: train one in the Reward model tab (or pick a reward model directory).")
+    if not Path(cfg.reward_model).exists():
+        raise ValueError(f"reward model {cfg.reward_model} does not exist")
+    if not Path(cfg.prompts).is_file():
+        raise ValueError(f"prompt file {cfg.prompts} does not exist")
+    for name in ("steps", "batch_size", "response_length", "ppo_epochs", "num_minibatches", "grad_accum"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if cfg.temperature <= 0:
+        raise ValueError("temperature must be positive")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    per_process = cfg.batch_size // world
+    if per_process % cfg.num_minibatches:  # the rest would never be trained on
+        raise ValueError(f"batch_size {cfg.batch_size} does not split into {cfg.num_minibatches} equal minibatches"
+                         + (f" per process ({world} processes)" if world > 1 else ""))
 
 
 @dataclass
@@ -141,8 +167,7 @@ def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
     dist = Dist()
     device = pick_device() if dist.world == 1 else dist.device
     torch.manual_seed(cfg.seed + dist.rank)
-    if cfg.batch_size % dist.world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
+    check_config(cfg, dist.world)
     prompts = read_prompts(cfg.prompts)
     ckpt = latest_checkpoint(resume) if resume else None
     if resume and ckpt is None:
@@ -178,6 +203,7 @@ def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
     samples = rollout(m, prompts, cfg, uniforms)
     check_finite("logprobs", samples.logprobs, step)
     responses = decode_responses(m.tokenizer, samples)
+    check_stop()
     t1 = time.time()
     scores, raw = score(m, prompts, responses, samples, cfg, reduce=dist.sum)
     check_finite("score", raw, step)
@@ -208,11 +234,16 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
     run.set_status(step=start, total_steps=cfg.steps)
     done = saved = start
     checkpoint = lambda step: save_checkpoint(run, step, tr.models, tr.optimizers, tr.kl_ctl, cfg)  # noqa: E731
+    stop_asked = lambda: tr.dist.any(run.should_stop())  # noqa: E731  (agreed on by every process)
+
+    def check_stop() -> None:
+        if stop_asked():
+            raise StopRequested()
     try:
         for step in range(start + 1, cfg.steps + 1):
-            if run.should_stop():
+            if stop_asked():
                 break
-            metrics, records = ppo_step(tr, step, run.check_stop)
+            metrics, records = ppo_step(tr, step, check_stop)
             tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
             run.log_metrics(step, metrics)
             run.log_tokens(records)
@@ -236,10 +267,14 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
 
 
 def run_ppo(cfg: PPOConfig, resume: str | None = None) -> str:
-    """Foreground run for the CLI; returns the final state."""
-    out = cfg.output_dir or (resume or str(new_run_dir(".", "ppo")))
-    cfg.output_dir = out
+    """Foreground run for the CLI; returns the final state. ValueError for a config that cannot run."""
     dist = Dist()
+    if not (cfg.output_dir or resume) and dist.world > 1:  # each rank would invent a different directory
+        raise ValueError("output_dir is required under accelerate launch")
+    check_config(cfg, dist.world)  # a bad config is an error now, not a failed run directory
+    # where the GUI looks (./workspace/runs, its default workspace), so a CLI run shows up there too
+    out = cfg.output_dir or (resume or str(new_run_dir("workspace", "ppo")))
+    cfg.output_dir = out
     run = Run(out, "ppo", is_main=dist.is_main)
     state = run_to_completion(run, lambda r: ppo_body(cfg, r, resume))
     if dist.is_main:

@@ -26,6 +26,16 @@ def test_sampling_logprobs_match_full_forward(arch, temperature, tiny_tokenizer)
     assert (s.logprobs[~m] == 0).all()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_asking_past_the_context_is_a_clear_error(arch, tiny_tokenizer):
+    model = tiny_model(arch, tiny_tokenizer)
+    context = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    P = max(len(ids) for ids in tiny_tokenizer(PROMPTS)["input_ids"])
+    with pytest.raises(ValueError, match=f"context of {context} tokens: lower max new tokens to at most {context - P}"):
+        generate(model, tiny_tokenizer, PROMPTS, GenerationConfig(max_new_tokens=context - P + 1))
+    assert generate(model, tiny_tokenizer, PROMPTS, GenerationConfig(max_new_tokens=context - P)).responses.shape[1] >= 1
+
+
 def test_eos_ends_a_response_and_is_included(tiny_tokenizer):
     model = tiny_model("gpt2", tiny_tokenizer)
     eos = tiny_tokenizer.eos_token_id

@@ -109,6 +109,17 @@ def test_label_maps_screen_side_and_ignores_repeats(ws):
         logic.label(ws, "sim:me", shown, "left")
 
 
+def test_policy_choices_list_ppo_models_and_checkpoints(ws):
+    run = ws.root / "runs" / "ppo-x"
+    for d in ("model", "checkpoints/step-000002/policy", "checkpoints/step-000002/critic", "checkpoints/step-000004/policy"):
+        (run / d).mkdir(parents=True)
+        (run / d / "config.json").write_text("{}")
+    (run / "checkpoints" / "step-000006" / "policy").mkdir(parents=True)  # LoRA: an adapter only
+    (run / "status.json").write_text(json.dumps({"kind": "ppo", "state": "finished", "step": 6}))
+    assert logic.policy_choices(ws) == ["tiny", str(run / "model"), str(run / "checkpoints/step-000002/policy"),
+                                        str(run / "checkpoints/step-000004/policy")]
+
+
 def test_stats_generate_autolabel_import_export(ws, tmp_path):
     msg = logic.generate_pairs(ws, "", "Typed prompts", "", "a charming\nthe acting", 3, 1.0, 6, seed=0)
     assert msg.startswith("Added 3 pairs")

@@ -157,6 +157,48 @@ def test_a_job_stops_when_the_app_that_started_it_exits(dirs, tmp_path):
     assert (out / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("options", [
+    dict(lora_rank=4), dict(critic_init="policy"), dict(whiten_scores=True, score_clip=None),
+    dict(missing_eos_penalty=1.0, stop_token="none"), dict(num_minibatches=2, grad_accum=2, entropy_coef=0.01),
+    dict(kl_target=None, kl_coef=0.05, kl_estimator="k3"), dict(target_kl=1e-9, ppo_epochs=4),
+], ids=lambda o: ",".join(o))
+def test_every_option_runs_to_a_finished_run(dirs, tmp_path, options):
+    out = tmp_path / "run"
+    assert run_ppo(cfg_for(dirs, out, steps=2, save_every=1, **options)) == "finished", read_status(out)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(v is None or v == v for r in rows for v in r.values())  # no NaN written
+    if "kl_target" in options:  # a fixed coefficient stays put
+        assert [r["objective/kl_coef"] for r in rows] == [0.05, 0.05]
+    if "target_kl" in options:  # the epoch loop stops after the first epoch's approx KL is over target
+        assert all(r["policy/epochs"] < 4 for r in rows)
+    if "stop_token" in options:  # no EOS stop: every response is response_length long and penalised
+        assert all(r["tokens/response_len"] == 6 for r in rows)
+        assert all(r["objective/score_used"] < r["objective/score"] for r in rows)
+    if "lora_rank" in options:  # the final model is the adapter merged in: plain transformers loads it
+        AutoModelForCausalLM.from_pretrained(out / "model")
+        assert (out / "checkpoints" / "step-000002" / "policy").exists()
+
+
+def test_a_cli_run_without_output_dir_lands_where_the_gui_looks(dirs, tmp_path, monkeypatch):
+    from core.runs import list_runs
+    monkeypatch.chdir(tmp_path)
+    assert run_ppo(cfg_for(dirs, "", steps=1, save_every=1)) == "finished"
+    runs = list_runs(tmp_path / "workspace", "ppo")  # the app's default workspace
+    assert len(runs) == 1 and runs[0]["state"] == "finished"
+
+
+def test_configs_that_would_drop_rows_or_cannot_run_are_refused(dirs, tmp_path):
+    with pytest.raises(ValueError, match="does not split into 3 equal minibatches"):
+        run_ppo(cfg_for(dirs, tmp_path / "a", num_minibatches=3))
+    assert not (tmp_path / "a").exists()  # refused before any run directory is made
+    from core.ppo_run import check_config
+    with pytest.raises(ValueError, match="No reward model"):
+        check_config(cfg_for(dirs, "", reward_model=""))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        check_config(cfg_for(dirs, "", batch_size=0))
+
+
 def test_prompt_batches_cycle_through_every_prompt():
     prompts = [f"p{i}" for i in range(5)]
     seen = [p for s in range(5) for p in prompt_batch(prompts, s, 2, seed=0)]

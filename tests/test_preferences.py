@@ -427,3 +427,16 @@ def test_auto_label(store):
     # The left side comes from the seeded rng: the same seed reproduces it.
     rng = SentimentAnnotator(seed=3).rng
     assert lefts == [rng.choice("ab") for _ in range(20)]
+
+
+def test_cli_export_writes_the_file_and_refuses_a_missing_db(labelled_store, tmp_path, capsys):
+    from core.cli import main
+    out = tmp_path / "cli.jsonl"
+    main(["export", "--db", str(labelled_store.path), "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and set(rows[0]) == {"prompt", "chosen", "rejected"}
+    assert f"wrote {len(rows)} pairs" in capsys.readouterr().out
+    missing = tmp_path / "typo.db"
+    with pytest.raises(SystemExit, match="no preference database"):
+        main(["export", "--db", str(missing), "--out", str(tmp_path / "x.jsonl")])
+    assert not missing.exists() and not (tmp_path / "x.jsonl").exists()

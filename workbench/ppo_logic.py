@@ -18,7 +18,7 @@ import pandas as pd
 
 from core.checkpoint import latest_checkpoint
 from core.config import DEFAULT_PROMPTS, PPOConfig, load_config
-from core.ppo_run import start_ppo_job
+from core.ppo_run import check_config, start_ppo_job
 from core import jobs
 from core.jobs import JOBS
 from core.runs import list_runs, process_gone, read_status, request_stop
@@ -205,23 +205,6 @@ def form_names(names: list[str]) -> list[str]:
 
 def config_yaml(names: list[str], values) -> str:
     return yaml_or_error(PPOConfig, form_names(names), values)
-
-
-def check_config(cfg: PPOConfig) -> None:
-    """Refuse what would only fail seconds later in the background thread, with a clear message."""
-    if not cfg.reward_model:
-        raise ValueError("No reward model: train one in the Reward model tab (or pick a reward model directory).")
-    if not Path(cfg.reward_model).exists():
-        raise ValueError(f"reward model {cfg.reward_model} does not exist")
-    if not Path(cfg.prompts).is_file():
-        raise ValueError(f"prompt file {cfg.prompts} does not exist")
-    for name in ("steps", "batch_size", "response_length", "ppo_epochs", "num_minibatches", "grad_accum"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1")
-    if cfg.num_minibatches > cfg.batch_size:
-        raise ValueError(f"num_minibatches ({cfg.num_minibatches}) cannot exceed batch_size ({cfg.batch_size})")
-    if cfg.temperature <= 0:
-        raise ValueError("temperature must be positive")
 
 
 def start(ws, names: list[str], values) -> tuple[bool, str, str]:
