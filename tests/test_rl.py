@@ -145,6 +145,25 @@ def test_value_loss_by_hand():
     close(st["clipfrac"], .5)
 
 
+def test_losses_and_whiten_on_all_masked_rows_and_length_one_responses():
+    # row 0: one valid token (length-1 response); row 1: no valid token at all (all masked)
+    m = T([[1, 0], [0, 0]])
+    # policy: d = ln 2 on the one token, A = 1: ratio 2 > 1.2 -> clipped, loss = -1.2 (padding ignored)
+    loss, st = policy_loss(T([[math.log(2), 9.]]), T([[0., 0]]), T([[1., 50]]), m, 0.2)
+    close(loss, -1.2)
+    close(st["clipfrac"], 1.0)
+    # value: V 1, V_old 0, G 0 -> max((1-0)^2, (.2-0)^2) = 1 -> .5
+    loss, st = value_loss(T([[1., 7]]), T([[0., 0]]), T([[0., 3]]), m, 0.2)
+    close(loss, .5)
+    close(st["clipfrac"], 0.0)  # |V - V_old| = 1 > .2, but the unclipped term is the larger one
+    # a batch with nothing valid: finite zeros, no NaN
+    z = torch.zeros(2, 2)
+    assert policy_loss(z, z, z, z, 0.2)[0].item() == 0 and value_loss(z, z, z, z, 0.2)[0].item() == 0
+    close(whiten(T([[5., 1]]), T([[1, 0]])), [[0., 0]])  # one value: mean 5, var 0 -> 0, finite
+    close(whiten(T([[5., 1]]), T([[0, 0]])), [[0., 0]])
+    close(entropy_from_logits(T([[[1., 2.], [0., 0.]]]), T([[0, 0]])), [[0., 0.]])
+
+
 def test_entropy_from_logits_by_hand():
     # uniform over 4 -> ln 4; one-hot-ish (huge logit) -> ~0; masked position -> 0
     logits = T([[[0., 0, 0, 0], [100., 0, 0, 0], [1., 2, 3, 4]]])
