@@ -34,7 +34,7 @@ class GenerationConfig:
 @dataclass
 class RewardConfig:
     base_model: str = option(DEFAULT_MODEL, "Causal LM directory or hub id to initialise the reward model from.")
-    data: str = option("", "Training preferences: a TRL-format .jsonl/.parquet file (prompt, chosen, rejected) or a preferences .db.")
+    data: str = option("", "Training preferences: a TRL-format .jsonl/.parquet file (prompt, chosen, rejected), a preferences .db, or several separated by commas (e.g. the store and a file).")
     val_data: str = option("", "Optional separate validation file; empty = split val_fraction off the training data.", True)
     val_fraction: float = option(0.1, "Share of pairs held out for validation (seeded split).")
     epochs: int = option(2, "Passes over the training pairs.")

@@ -98,6 +98,21 @@ def load_rows(path_str: str, what: str = "data") -> tuple[list[dict], list[float
     return rows, margins
 
 
+def load_sources(spec: str, what: str = "data") -> tuple[list[dict], list[float] | None]:
+    """`spec`: one source, or several separated by commas (e.g. the store and a TRL file), read
+    in order and concatenated. Margins are kept when any source has them (0 for the others)."""
+    parts = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if len(parts) <= 1:
+        return load_rows(parts[0] if parts else "", what)
+    rows, margins, any_margin = [], [], False
+    for part in parts:
+        r, m = load_rows(part, what)
+        rows += r
+        margins += m if m is not None else [0.0] * len(r)
+        any_margin |= m is not None
+    return rows, (margins if any_margin else None)
+
+
 def _keep_informative(rows, margins, where: str):
     """Drop pairs whose chosen and rejected are the same text: they cannot teach a preference."""
     keep = [i for i, r in enumerate(rows) if r["chosen"] != r["rejected"]]
@@ -121,12 +136,12 @@ def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[Pairs, Pairs, dict]:
     for name in ("epochs", "batch_size", "grad_accum", "max_length"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    rows, margins = load_rows(cfg.data, "data")
+    rows, margins = load_sources(cfg.data, "data")
     rows, margins, dropped = _keep_informative(rows, margins, cfg.data)
     if not cfg.use_margin:
         margins = None
     if cfg.val_data:
-        vrows, vmargins = load_rows(cfg.val_data, "val_data")
+        vrows, vmargins = load_sources(cfg.val_data, "val_data")
         vrows, vmargins, _ = _keep_informative(vrows, vmargins if cfg.use_margin else None, cfg.val_data)
         train = tokenize_pairs(tokenizer, rows, margins, cfg.max_length)
         val = tokenize_pairs(tokenizer, vrows, vmargins, cfg.max_length)

@@ -47,3 +47,13 @@ def test_score_histogram_overlays_chosen_and_rejected_on_shared_bins():
     assert list(chosen.x) == [1.0, 2.0, 3.0] and fig.layout.barmode == "overlay"
     assert chosen.xbins == rejected.xbins and chosen.xbins.start == -1.0
     assert fig.layout.xaxis.title.text == "score"
+
+
+def test_progress_bar_fills_by_step_and_colours_by_state():
+    from workbench.progress import progress_bar
+    html = progress_bar(3, 12, "running", "reward-progress")
+    assert 'id="reward-progress"' in html and 'data-step="3"' in html and 'data-total="12"' in html
+    assert "width:25.0%" in html and "#2c7be5" in html
+    assert "width:100.0%" in progress_bar(12, 12, "finished", "x") and "#2ca02c" in progress_bar(12, 12, "finished", "x")
+    assert "width:0.0%" in progress_bar(0, 0, None, "x")  # no total yet: empty, no division by zero
+    assert 'data-step="2"' in progress_bar(5, 9, "running", "x", data_step=2)

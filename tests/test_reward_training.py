@@ -197,6 +197,21 @@ def test_margin_column_and_seeded_split(base, tmp_path, tiny_tokenizer):
     assert prepare_data(RewardConfig(**{**cfg.__dict__, "use_margin": False}), tiny_tokenizer)[0].margin is None
 
 
+def test_store_and_file_together(base, tmp_path, tiny_tokenizer):
+    db = tmp_path / "p.db"
+    with PreferenceStore(db) as store:
+        store.add_pairs([("p1", " x", " y"), ("p2", " z", " w")], model="m")
+        for pair in store.next_pairs("me", 2):
+            store.add_label(pair.id, "me", "a", "a")
+    rows = [dict(r, margin=2.0) for r in synthetic_pairs(6)]
+    cfg = _cfg(base, tmp_path, f"{db}, {write_jsonl(tmp_path / 'f.jsonl', rows)}", val_fraction=0.0)
+    train, val, info = prepare_data(cfg, tiny_tokenizer)
+    assert info["pairs_train"] == 8 and len(val) == 0  # 2 labelled pairs from the store + 6 from the file
+    assert sorted(train.margin) == [0.0] * 2 + [2.0] * 6  # the store has no margins: 0 for its pairs
+    with pytest.raises(ValueError, match="does not exist"):
+        preflight(_cfg(base, tmp_path, f"{db},{tmp_path / 'nope.jsonl'}"))
+
+
 # ---------------------------------------------------------------- stopping and the CLI
 class StopAfterTwo(Run):
     def should_stop(self):

@@ -18,13 +18,14 @@ import pandas as pd
 
 from core.checkpoint import latest_checkpoint
 from core.config import DEFAULT_PROMPTS, PPOConfig, load_config
-from core.ppo_run import check_config, start_ppo_job
 from core import jobs
 from core.jobs import JOBS
+from core.ppo_run import check_config, start_ppo_job
 from core.runs import list_runs, process_gone, read_status, request_stop
 
 from . import hacking, ppo_plots
 from .forms import values_to_config, yaml_or_error
+from .progress import progress_bar
 
 FORM_EXCLUDE = ("policy", "reward_model", "prompts", "output_dir")  # laid out by hand in tabs/ppo.py
 SAMPLE_COLUMNS = ["sample", "prompt", "response", "RM score", "score used", "gold"]
@@ -305,16 +306,12 @@ def status_html(run_path: str) -> str:
     step, total = int(st.get("step") or 0), int(st.get("total_steps") or 0)
     df = metrics_df(run_path)
     plotted = int(df["step"].max()) if not df.empty and df["step"].notna().any() else 0
-    pct = 100.0 * step / total if total else 0.0
-    color = {"running": "#2c7be5", "finished": "#2ca02c", "failed": "#d62728"}.get(st.get("state"), "#999")
     line = html.escape(status_line(run_path))
     if st.get("state"):  # the state in bold, as the first word
         head, _, rest = line.partition(" · ")
         line = f"<b>{head}</b> · {rest}"
     return (f'<div style="margin:4px 0 6px">{line}</div>'
-            f'<div id="ppo-progress" data-step="{plotted}" data-total="{total}" title="step {step} of {total}" '
-            f'style="height:10px;background:#eee;border-radius:5px;overflow:hidden">'
-            f'<div style="height:100%;width:{pct:.1f}%;background:{color}"></div></div>')
+            + progress_bar(step, total, st.get("state"), "ppo-progress", data_step=plotted))
 
 
 _dashboards: dict[str, tuple[int, object, str]] = {}

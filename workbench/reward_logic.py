@@ -15,14 +15,15 @@ import pandas as pd
 
 from core.config import RewardConfig
 from core.models import load_scalar_model, load_tokenizer, pick_device
-from core.reward_training import start_reward_job
 from core import jobs
 from core.jobs import JOBS
+from core.reward_training import start_reward_job
 from core.runs import list_runs, read_metrics, read_status, request_stop
 from core.scoring import score_texts
 
 from . import plots
 from .forms import values_to_config
+from .progress import progress_bar
 
 RUN_COLUMNS = ["run", "state", "step", "val accuracy", "pairs", "started"]
 
@@ -96,6 +97,12 @@ def run_signature(run_path: str) -> str:
         p = Path(run_path) / name
         parts.append(f"{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else "-")
     return run_path + "|" + "|".join(parts)
+
+
+def status_bar(run_path: str) -> str:
+    """The progress bar under the status line (step/total of status.json)."""
+    st = read_status(run_path) if run_path else {}
+    return progress_bar(st.get("step", 0), st.get("total_steps") or 0, st.get("state"), "reward-progress")
 
 
 def status_line(run_path: str) -> str:

@@ -33,6 +33,7 @@ def build(ws) -> None:
     form.bind_yaml(yaml_view)
 
     status = gr.Markdown("No reward run yet.")
+    bar = gr.HTML(logic.status_bar(""))
     with gr.Row():
         run_pick = gr.Dropdown(choices=logic.run_choices(ws), value=None, label="Show run",
                                info="Empty = the running or newest run. A run directory path also works.",
@@ -68,8 +69,8 @@ def build(ws) -> None:
         path = logic.current_run(ws, chosen)
         sig = logic.run_signature(path)
         if sig == last_sig:  # nothing changed on disk: skip re-sending four figures
-            return (gr.skip(),) * 7
-        return (sig, logic.status_line(path), *logic.figures(path), logic.runs_table(ws))
+            return (gr.skip(),) * 8
+        return (sig, logic.status_line(path), logic.status_bar(path), *logic.figures(path), logic.runs_table(ws))
 
     def refresh():
         return gr.update(choices=logic.run_choices(ws)), logic.runs_table(ws)
@@ -79,7 +80,7 @@ def build(ws) -> None:
     run_pick.change(on_pick, inputs=run_pick, outputs=shown_run)
     refresh_btn.click(refresh, outputs=[run_pick, runs])
     gr.Timer(1.0).tick(tick, inputs=[shown_run, signature],
-                       outputs=[signature, status, loss_plot, acc_plot, margin_plot, hist_plot, runs],
+                       outputs=[signature, status, bar, loss_plot, acc_plot, margin_plot, hist_plot, runs],
                        show_progress="hidden")
     try_refresh.click(lambda: gr.update(choices=logic.run_choices(ws, with_model=True)), outputs=try_run)
     try_btn.click(logic.try_it, inputs=[try_run, try_prompt, try_a, try_b], outputs=try_out)
