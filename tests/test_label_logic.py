@@ -165,3 +165,20 @@ def test_active_ordering_with_a_reward_run(ws, tmp_path, tiny_tokenizer):
     view = logic.next_view(ws, "ann", rm)
     assert view[3].startswith(f"{least_sure}:") and "least-sure" in view[4]
     assert logic.next_view(ws, "ann")[3].startswith("1:")  # no reward model: oldest first
+    # pairs sampled after the model was picked get scored by the filler's after-batch hook
+    logic.store_for(ws).add_pairs([("late", "a charming late movie", "a late mess")], model="seed")
+    assert logic.score_new_pairs(ws) == 1 and len(scores) == 7
+    assert logic.score_new_pairs(ws) == 0
+
+
+def test_filler_runs_its_after_fill_hook(tmp_path, lm):
+    store = PreferenceStore(tmp_path / "p.db")
+    calls = []
+    filler = PairFiller(store, lambda: lm, ["a charming"], "tiny", target=2, batch_pairs=2, gen_cfg=CFG, seed=0,
+                        pause_s=0.01, check_every_s=0.01, after_fill=lambda: calls.append(unlabelled_count(store, "tiny")))
+    filler.start()
+    deadline = time.monotonic() + 30
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    filler.stop(10)
+    assert calls == [2] and filler.last_error is None  # once, after the one batch that stored pairs

@@ -71,7 +71,8 @@ def ensure_filler(ws) -> PairFiller | None:
         if target <= 0:
             return None
         filler = PairFiller(store_for(ws), lambda: ws.policy(), read_prompts(DEFAULT_PROMPTS),
-                            model_name=ws.model_path, target=target, pause_s=pause, lock=SAMPLING_LOCK)
+                            model_name=ws.model_path, target=target, pause_s=pause, lock=SAMPLING_LOCK,
+                            after_fill=lambda: score_new_pairs(ws))
         with _lock:
             filler = _fillers.setdefault(key, filler)
     return filler.start()
@@ -291,6 +292,22 @@ def reward_model(path: str) -> tuple:
             tok = load_tokenizer(path)
             _reward_models[path] = (load_scalar_model(path, pad_token_id=tok.pad_token_id), tok)
         return _reward_models[path]
+
+
+def score_new_pairs(ws) -> int:
+    """Score the queued pairs an active reward model has not seen yet (the filler calls this after
+    each batch), so pairs sampled after a model was picked join the least-sure-first order."""
+    n = 0
+    for (db, path), scores in list(_scores.items()):
+        if db != str(ws.db_path):
+            continue
+        todo = [p for p in store_for(ws).next_pairs("", MAX_SCORED) if p.id not in scores]
+        if todo:
+            model, tokenizer = reward_model(path)
+            with SAMPLING_LOCK:
+                scores.update(score_pairs(model, tokenizer, todo))
+            n += len(todo)
+    return n
 
 
 def activate_reward_model(ws, annotator: str, path: str | None, progress=None) -> str:

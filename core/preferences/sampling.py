@@ -85,18 +85,21 @@ class PairFiller:
     already full). Between fills the thread sleeps `pause_s`; while the queue is full it re-checks
     every `check_every_s`. Errors are kept in `last_error` and retried after `retry_s`; the thread
     never dies of one. `lock` is held for each batch, so foreground sampling can take it to run alone.
+    `after_fill()`, when given, runs in the thread after every batch that stored pairs.
     """
 
     def __init__(self, store: PreferenceStore, load_model: Callable[[], tuple], prompts: Sequence[str],
                  model_name: str, target: int = 32, batch_pairs: int = 8, pause_s: float = 1.0,
                  check_every_s: float = 5.0, retry_s: float = 30.0, gen_cfg: GenerationConfig | None = None,
-                 lock: threading.Lock | None = None, seed: int | None = None):
+                 lock: threading.Lock | None = None, seed: int | None = None,
+                 after_fill: Callable[[], object] | None = None):
         self.store, self.load_model, self.prompts = store, load_model, list(prompts)
         self.model_name, self.target, self.batch_pairs = model_name, target, max(1, batch_pairs)
         self.pause_s, self.check_every_s, self.retry_s = pause_s, check_every_s, retry_s
         self.gen_cfg = gen_cfg or GenerationConfig()
         self.lock = lock or threading.Lock()
         self.rng = random.Random(seed)
+        self.after_fill = after_fill  # run in this thread after each batch stored (e.g. score new pairs)
         self.added = 0                # pairs this filler has stored
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -149,6 +152,8 @@ class PairFiller:
         while not self._stop.is_set():
             try:
                 added = self.fill_once()
+                if added and self.after_fill:
+                    self.after_fill()
                 self.last_error = None
             except Exception as e:  # noqa: BLE001 - a background helper reports, it must not die
                 self.last_error = f"{type(e).__name__}: {e}"
