@@ -67,6 +67,7 @@ class PPOConfig:
     grad_accum: int = option(1, "Gradient accumulation steps per minibatch.", True)
     learning_rate: float = option(3e-5, "Policy learning rate.")
     critic_learning_rate: float = option(3e-5, "Critic learning rate.", True)
+    lr_schedule: str = option("constant", "Learning rates over the run: constant, or linear decay to 0 at the last step (TRL's default).", True, ("constant", "linear"))
     kl_coef: float = option(0.2, "Initial KL penalty coefficient beta.")
     kl_target: float | None = option(6.0, "Target KL (nats per sequence) for the adaptive controller; null = fixed beta.")
     kl_horizon: float = option(10000.0, "Adaptive controller horizon (episodes).", True)

@@ -81,6 +81,24 @@ def load_models(cfg: PPOConfig, device, policy_from: str | None = None, critic_f
     return Models(policy, critic, reward, tok, reward_tok, reference)
 
 
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Multiplier of the base learning rates at `step` (1-based). A pure function of the step, so a
+    resumed run continues the schedule exactly from the checkpoint's step."""
+    if schedule == "linear":
+        return 1.0 - (step - 1) / max(steps, 1)
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown lr_schedule {schedule!r}: use constant or linear")
+
+
+def set_learning_rates(optimizers: list, cfg: PPOConfig, step: int) -> float:
+    f = lr_factor(cfg.lr_schedule, step, cfg.steps)
+    for opt, base in zip(optimizers, (cfg.learning_rate, cfg.critic_learning_rate)):
+        for g in opt.param_groups:
+            g["lr"] = base * f
+    return cfg.learning_rate * f
+
+
 def make_optimizers(m: Models, cfg: PPOConfig) -> list:
     pol = [p for p in m.policy.parameters() if p.requires_grad]
     kw = {"fused": True} if next(m.policy.parameters()).device.type == "cpu" else {}
@@ -142,6 +160,7 @@ def check_config(cfg: PPOConfig, world: int = 1) -> None:
             raise ValueError(f"{name} must be at least 1")
     if cfg.temperature <= 0:
         raise ValueError("temperature must be positive")
+    lr_factor(cfg.lr_schedule, 1, cfg.steps)  # an unknown schedule name fails here, not at step 1
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     per_process = cfg.batch_size // world
@@ -243,7 +262,9 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
         for step in range(start + 1, cfg.steps + 1):
             if stop_asked():
                 break
+            lr = set_learning_rates(tr.optimizers, cfg, step)
             metrics, records = ppo_step(tr, step, check_stop)
+            metrics["lr"] = lr
             tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
             run.log_metrics(step, metrics)
             run.log_tokens(records)

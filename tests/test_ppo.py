@@ -161,6 +161,7 @@ def test_a_job_stops_when_the_app_that_started_it_exits(dirs, tmp_path):
     dict(lora_rank=4), dict(critic_init="policy"), dict(whiten_scores=True, score_clip=None),
     dict(missing_eos_penalty=1.0, stop_token="none"), dict(num_minibatches=2, grad_accum=2, entropy_coef=0.01),
     dict(kl_target=None, kl_coef=0.05, kl_estimator="k3"), dict(target_kl=1e-9, ppo_epochs=4),
+    dict(lr_schedule="linear"),
 ], ids=lambda o: ",".join(o))
 def test_every_option_runs_to_a_finished_run(dirs, tmp_path, options):
     out = tmp_path / "run"
@@ -175,6 +176,10 @@ def test_every_option_runs_to_a_finished_run(dirs, tmp_path, options):
     if "stop_token" in options:  # no EOS stop: every response is response_length long and penalised
         assert all(r["tokens/response_len"] == 6 for r in rows)
         assert all(r["objective/score_used"] < r["objective/score"] for r in rows)
+    if "lr_schedule" in options:  # linear to 0 over 2 steps: full, then half; the checkpoint records it
+        assert [r["lr"] for r in rows] == pytest.approx([1e-3, 5e-4])
+        state = json.loads((out / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+        assert state["scheduler"] == {"name": "linear", "step": 2, "lrs": pytest.approx([5e-4, 5e-4])}
     if "lora_rank" in options:  # the final model is the adapter merged in: plain transformers loads it
         AutoModelForCausalLM.from_pretrained(out / "model")
         assert (out / "checkpoints" / "step-000002" / "policy").exists()
