@@ -74,28 +74,14 @@ class GPT2Decoder:
         lo, hi = self.len, self.len + S
         for i, blk in enumerate(self.tr.h):
             q, k, v = blk.attn.c_attn(blk.ln_1(x)).split(self.C, dim=2)
+            q = q.view(B, S, self.H, self.D).transpose(1, 2)
             self.k[i, :, :, lo:hi] = k.view(B, S, self.H, self.D).transpose(1, 2)
             self.v[i, :, :, lo:hi] = v.view(B, S, self.H, self.D).transpose(1, 2)
-            if S == 1:  # one query per row: two batched matmuls beat SDPA's CPU kernel at this size
-                y = self._attend_one(q, i, hi, attn_mask)
-            else:
-                q = q.view(B, S, self.H, self.D).transpose(1, 2)
-                y = F.scaled_dot_product_attention(q, self.k[i, :, :, :hi], self.v[i, :, :, :hi], attn_mask=attn_mask)
-                y = y.transpose(1, 2).reshape(B, S, self.C)
-            x = x + blk.attn.c_proj(y)
+            y = F.scaled_dot_product_attention(q, self.k[i, :, :, :hi], self.v[i, :, :, :hi], attn_mask=attn_mask)
+            x = x + blk.attn.c_proj(y.transpose(1, 2).reshape(B, S, self.C))
             x = x + blk.mlp(blk.ln_2(x))
         self.len = hi
         return self.head(self.tr.ln_f(x[:, -1])).float()  # (B, V)
-
-    def _attend_one(self, q: torch.Tensor, layer: int, hi: int, bias: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(D) + bias) v for a single query per row: (B, 1, C) -> (B, 1, C).
-        bias: (B*H, 1, hi) additive, 0 where attended and -inf elsewhere."""
-        B, H, D = q.shape[0], self.H, self.D
-        qh = q.reshape(B * H, 1, D)
-        k = self.k[layer, :, :, :hi].reshape(B * H, hi, D)
-        v = self.v[layer, :, :, :hi].reshape(B * H, hi, D)
-        att = torch.baddbmm(bias, qh, k.transpose(1, 2), alpha=D ** -0.5).softmax(-1)  # (B*H, 1, hi)
-        return torch.bmm(att, v).view(B, 1, H * D)
 
     def start(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         P = self.P
@@ -106,10 +92,7 @@ class GPT2Decoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, V)
         self.pos = self.pos[:, -1:] + 1
-        B, L = tokens.shape[0], self.len + 1
-        bias = torch.zeros(B, self.H, 1, L, dtype=self.k.dtype, device=tokens.device)
-        bias.masked_fill_(~self.mask[:, None, None, :L], float("-inf"))  # (B, H, 1, L), once for all layers
-        return self._run(tokens[:, None], bias.view(B * self.H, 1, L))
+        return self._run(tokens[:, None], self.mask[:, None, None, :self.len + 1])
 
 
 def make_decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, fast: bool = True):
