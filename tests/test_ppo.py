@@ -168,7 +168,7 @@ def test_every_option_runs_to_a_finished_run(dirs, tmp_path, options):
     assert run_ppo(cfg_for(dirs, out, steps=2, save_every=1, **options)) == "finished", read_status(out)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
-    assert all(v is None or v == v for r in rows for v in r.values())  # no NaN written
+    assert all(v is not None and v == v for r in rows for v in r.values())  # no NaN (written as null)
     if "kl_target" in options:  # a fixed coefficient stays put
         assert [r["objective/kl_coef"] for r in rows] == [0.05, 0.05]
     if "target_kl" in options:  # the epoch loop stops after the first epoch's approx KL is over target

@@ -46,6 +46,7 @@ _stores: dict[str, PreferenceStore] = {}
 _fillers: dict[str, PairFiller] = {}
 _reward_models: dict[str, tuple] = {}
 _scores: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+_annotators: dict[tuple[str, str], set[str]] = {}  # who picked each (store, reward model): whose queue to keep scored
 _last_action: dict[tuple[str, str], tuple[str, str]] = {}
 _annotator: SentimentAnnotator | None = None
 _sides = random.Random()
@@ -294,20 +295,25 @@ def reward_model(path: str) -> tuple:
         return _reward_models[path]
 
 
+def _score_queue(ws, path: str, annotator: str, progress=None) -> int:
+    """Score the annotator's queued pairs this reward model has not scored yet; returns how many."""
+    key = (str(ws.db_path), path)
+    scores = _scores.setdefault(key, {})
+    _annotators.setdefault(key, set()).add(annotator)
+    todo = [p for p in store_for(ws).next_pairs(annotator, MAX_SCORED) if p.id not in scores]
+    if not todo:
+        return 0
+    model, tokenizer = reward_model(path)
+    with SAMPLING_LOCK:
+        scores.update(score_pairs(model, tokenizer, todo, progress=progress))
+    return len(todo)
+
+
 def score_new_pairs(ws) -> int:
-    """Score the queued pairs an active reward model has not seen yet (the filler calls this after
+    """Score queued pairs that an active reward model has not seen yet (the filler calls this after
     each batch), so pairs sampled after a model was picked join the least-sure-first order."""
-    n = 0
-    for (db, path), scores in list(_scores.items()):
-        if db != str(ws.db_path):
-            continue
-        todo = [p for p in store_for(ws).next_pairs("", MAX_SCORED) if p.id not in scores]
-        if todo:
-            model, tokenizer = reward_model(path)
-            with SAMPLING_LOCK:
-                scores.update(score_pairs(model, tokenizer, todo))
-            n += len(todo)
-    return n
+    return sum(_score_queue(ws, path, who) for (db, path), names in list(_annotators.items())
+               if db == str(ws.db_path) for who in list(names))
 
 
 def activate_reward_model(ws, annotator: str, path: str | None, progress=None) -> str:
@@ -317,11 +323,5 @@ def activate_reward_model(ws, annotator: str, path: str | None, progress=None) -
     """
     if not path:
         return "Pairs come oldest first."
-    model, tokenizer = reward_model(path)
-    key = (str(ws.db_path), path)
-    scores = _scores.get(key, {})
-    todo = [p for p in store_for(ws).next_pairs(clean_name(annotator), MAX_SCORED) if p.id not in scores]
-    with SAMPLING_LOCK:
-        fresh = score_pairs(model, tokenizer, todo, progress=progress)
-    _scores[key] = {**scores, **fresh}
-    return f"Scored {len(fresh)} queued pairs with {Path(path).parent.name}: least-sure pairs come first."
+    n = _score_queue(ws, path, clean_name(annotator), progress)
+    return f"Scored {n} queued pairs with {Path(path).parent.name}: least-sure pairs come first."
