@@ -47,3 +47,29 @@ def test_gui_refuses_an_open_bind_with_a_message(argv, message, tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode != 0 and message in r.stderr
     assert not (tmp_path / "ws").exists()  # refused before anything was created
+
+
+def test_only_the_selected_tabs_timer_runs():
+    """Hidden tabs' timers are off (each tick costs the browser work in front of the Label clicks):
+    selecting a tab switches its timer on and every other one off."""
+    import gradio as gr
+
+    from workbench.app import run_timers_of_selected_tab
+    with gr.Blocks() as app:
+        tabs, timers = {}, {}
+        with gr.Tabs():
+            for name in ("label", "reward", "ppo"):
+                with gr.Tab(name) as tabs[name]:
+                    if name != "label":
+                        timers[name] = gr.Timer(1.0, active=False)
+        run_timers_of_selected_tab(tabs, timers)
+    by_tab = {}
+    for fn in app.fns.values():
+        for block_id, event in fn.targets:
+            name = next((n for n, t in tabs.items() if t._id == block_id), None)
+            if event == "select" and name:
+                by_tab[name] = ([o._id for o in fn.outputs], fn.fn())
+    assert set(by_tab) == {"label", "reward", "ppo"}
+    for name, (outputs, updates) in by_tab.items():
+        active = {o: u.active for o, u in zip(outputs, updates)}
+        assert active == {t._id: n == name for n, t in timers.items()}, name

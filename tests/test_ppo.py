@@ -1,13 +1,14 @@
 """The PPO engine end to end on tiny random models: records, invariants, checkpoints, resume, failure."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from core.config import PPOConfig
-from core.jobs import JOBS, NICE
+from core.jobs import AUTOGROUP_NICE, JOBS, NICE
 from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
 from core.runs import read_metrics, read_status, read_tokens, request_stop
 
@@ -122,6 +123,13 @@ def test_background_job_stops_on_request(dirs, tmp_path):
     # a child process below the app's priority, so the app's requests come first
     assert run.proc.pid == read_status(run.path)["pid"]
     assert os.getpriority(os.PRIO_PROCESS, run.proc.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
+    # ... and in its own session, whose scheduling group (where the kernel has them) yields to every
+    # other session's, the browser's included
+    assert os.getsid(run.proc.pid) == run.proc.pid != os.getsid(0)
+    group = Path(f"/proc/{run.proc.pid}/autogroup")
+    if group.exists():
+        assert group.read_text().split() == [group.read_text().split()[0], "nice", str(AUTOGROUP_NICE)]
+        assert Path("/proc/self/autogroup").read_text().split()[-1] != str(AUTOGROUP_NICE)  # ours untouched
     request_stop(run.path)
     JOBS.wait(ws, "ppo", timeout=60)
     st = read_status(run.path)

@@ -24,16 +24,34 @@ CSS = """
 def build_app(ws: Workspace) -> gr.Blocks:
     with gr.Blocks(title="RLHF Workbench") as app:
         gr.Markdown("# RLHF Workbench\n" + ws.header())
+        tabs, timers = {}, {}
         with gr.Tabs():
-            with gr.Tab("Label", id="label"):
+            with gr.Tab("Label", id="label") as tabs["label"]:
                 label.build(ws)
-            with gr.Tab("Reward model", id="reward"):
-                reward.build(ws)
-            with gr.Tab("PPO", id="ppo"):
-                ppo.build(ws)
-            with gr.Tab("Inspect", id="inspect"):
-                inspect_tab.build(ws)
+            with gr.Tab("Reward model", id="reward") as tabs["reward"]:
+                timers["reward"] = reward.build(ws)
+            with gr.Tab("PPO", id="ppo") as tabs["ppo"]:
+                timers["ppo"] = ppo.build(ws)
+            with gr.Tab("Inspect", id="inspect") as tabs["inspect"]:
+                timers["inspect"] = inspect_tab.build(ws)
+        run_timers_of_selected_tab(tabs, timers)
     return app
+
+
+# Send the timer switch only after the browser has painted the newly selected tab.
+AFTER_PAINT_JS = "() => new Promise(done => requestAnimationFrame(() => setTimeout(() => done([]), 0)))"
+
+
+def run_timers_of_selected_tab(tabs: dict, timers: dict) -> None:
+    """Only the selected tab's refresh timer ticks (the page opens on Label: all start inactive).
+
+    Why: every tick is a round of Gradio's front-end bookkeeping even when the server answers
+    "nothing new" (state snapshots and a component-tree search per input and output), and three
+    hidden tabs ticking every second put that work in front of the Label tab's clicks (bench_ui)."""
+    order = list(timers)
+    for tab_id, tab in tabs.items():
+        tab.select(lambda tab_id=tab_id: [gr.Timer(active=k == tab_id) for k in order], None,
+                   [timers[k] for k in order], queue=False, show_progress="hidden", js=AFTER_PAINT_JS)
 
 
 def is_loopback(host: str) -> bool:

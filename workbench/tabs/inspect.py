@@ -17,7 +17,8 @@ AUTO = ("(running or newest run)", "")
 ON_SCREEN_JS = "(a, b, c, d, _) => [a, b, c, d, !!(document.querySelector('#inspect-tokens')?.offsetParent)]"
 
 
-def build(ws) -> None:
+def build(ws) -> gr.Timer:
+    """Lay out the tab and wire it; returns its refresh timer."""
     gr.Markdown("Every token of a logged sample with its reward r_t = −β·KL_t (+ the score on the last token), "
                 "value V_t, advantage A_t and return G_t. Hover a token for its numbers.")
     chosen = gr.State("")     # run picked by the user ('' = running or newest)
@@ -77,7 +78,8 @@ def build(ws) -> None:
 
     view_outputs = [sample, token_view, reward_plot, values_plot, heatmap]
     view_inputs = [shown, step, sample, quantity]
-    gr.Timer(1.0).tick(tick, inputs=[chosen, sig, follow, shown, on_screen], outputs=[sig, shown, newest, step],
+    timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
+    timer.tick(tick, inputs=[chosen, sig, follow, shown, on_screen], outputs=[sig, shown, newest, step],
                        js=ON_SCREEN_JS, show_progress="hidden")
     step.input(released, inputs=[step, newest], outputs=follow)  # the user moved it (drag or typed)
     # .change fires for the timer's updates as well as the user's; .input only for the user's
@@ -88,3 +90,4 @@ def build(ws) -> None:
     run_pick.input(lambda v: (v or "", True), inputs=run_pick, outputs=[chosen, follow])
     refresh_btn.click(lambda: gr.update(choices=[AUTO, *ppo_logic.run_choices(ws)]), outputs=run_pick)
     compare_btn.click(logic.compare, inputs=[shown, step], outputs=[compare_msg, compare_table])
+    return timer

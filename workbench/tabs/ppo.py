@@ -50,7 +50,8 @@ def live_plot(elem_id: str) -> gr.HTML:
                    elem_id=elem_id)
 
 
-def build(ws) -> None:
+def build(ws) -> gr.Timer:
+    """Lay out the tab and wire it; returns its refresh timer."""
     cfg = logic.default_config(ws)
     gr.Markdown("Optimise the policy against the reward model with PPO: sample responses, score them, "
                 "subtract a KL penalty to the reference per token, and update policy and critic. "
@@ -158,8 +159,10 @@ def build(ws) -> None:
     run_pick.input(lambda v: v or "", inputs=run_pick, outputs=shown)
     run_dir.submit(lambda v: (v or "").strip(), inputs=run_dir, outputs=shown)
     refresh_btn.click(lists, inputs=reward_model, outputs=[run_pick, resume_pick, reward_model, policy, runs])
-    gr.Timer(1.0).tick(tick, inputs=[shown, sigs, reward_model, on_screen], outputs=outputs, js=ON_SCREEN_JS,
+    timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
+    timer.tick(tick, inputs=[shown, sigs, reward_model, on_screen], outputs=outputs, js=ON_SCREEN_JS,
                        show_progress="hidden")
+    return timer
 
 
 def _help(name: str) -> str:
