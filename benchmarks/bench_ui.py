@@ -83,7 +83,7 @@ SWITCH_JS = """async ([name, probe]) => {
 # Record (wall clock) when each step first appears in the score curve's data.
 WATCH_JS = """() => {
   window.__seen = {};
-  setInterval(() => {
+  window.__watch = setInterval(() => {
     const el = document.querySelector('#ppo-dashboard .js-plotly-plot');
     if (!el || !el.data || !el.data.length) return;
     const now = Date.now();
@@ -159,6 +159,7 @@ def curve_lag(pg, run: Path, steps: int, timeout: float) -> list[float]:
                 first = max([int(float(k)) for k in seen] or [0])
             if s > first and str(s) in seen and s not in lags:
                 lags[s] = seen[str(s)] / 1000 - r["time"]
+    pg.evaluate("clearInterval(window.__watch)")  # a 20 ms poll left running would slow the next phases
     return [lags[s] for s in sorted(lags)]
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from core.config import PPOConfig
-from core.jobs import AUTOGROUP_NICE, JOBS, NICE
+from core.jobs import AUTOGROUP_NICE, GOMP_SPINCOUNT, JOBS, NICE
 from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
 from core.runs import read_metrics, read_status, read_tokens, request_stop
 
@@ -130,6 +130,9 @@ def test_background_job_stops_on_request(dirs, tmp_path):
     if group.exists():
         assert group.read_text().split() == [group.read_text().split()[0], "nice", str(AUTOGROUP_NICE)]
         assert Path("/proc/self/autogroup").read_text().split()[-1] != str(AUTOGROUP_NICE)  # ours untouched
+    env = Path(f"/proc/{run.proc.pid}/environ").read_bytes().split(b"\0")
+    expected = os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # short OpenMP spins unless the user set them
+    assert f"GOMP_SPINCOUNT={expected}".encode() in env
     request_stop(run.path)
     JOBS.wait(ws, "ppo", timeout=60)
     st = read_status(run.path)
