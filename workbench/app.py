@@ -48,7 +48,8 @@ def run_timers_of_selected_tab(tabs: dict, timers: dict) -> None:
     Why: every event costs a round of Gradio's front-end bookkeeping even when the server answers
     "nothing new" (6.31 searches the component tree for, and snapshots the value of, every component
     that was ever an output), and three hidden tabs ticking every second put that work in front of
-    the Label tab's clicks: with them off, click p95 while PPO trains fell to 180-186 ms (bench_ui)."""
+    the Label tab's clicks: turning them off took click p95 while PPO trains from 324 to 184-210 ms
+    (bench_ui, 2 cores)."""
     order = list(timers)
     for tab_id, tab in tabs.items():
         tab.select(lambda tab_id=tab_id: [gr.Timer(active=k == tab_id) for k in order], None,
