@@ -245,3 +245,27 @@ def test_cli_reports_bad_data(base, tmp_path, capsys):
     with pytest.raises(SystemExit, match="error: .*does not exist"):
         main(["train-rm", f"base_model={base}", f"data={tmp_path / 'nope.jsonl'}", f"output_dir={tmp_path / 'r'}"])
     assert read_status(tmp_path / "r")["state"] == "failed"
+
+
+def test_reward_run_whose_process_died_shows_as_interrupted(tmp_path):
+    """A reward job killed mid-run leaves status "running": the Reward tab must not say so forever."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from workbench import reward_logic
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    run = tmp_path / "runs" / "reward-killed"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"kind": "reward", "state": "running", "step": 3,
+                                                 "total_steps": 10, "pid": dead}))
+    line = reward_logic.status_line(str(run))
+    assert line.startswith("**interrupted** · `reward-killed` · step 3/10") and f"process {dead} exited" in line
+    assert reward_logic.runs_table(SimpleNamespace(root=tmp_path))["state"].tolist() == ["interrupted"]
+    assert reward_logic.stop(SimpleNamespace(root=tmp_path), str(run)) == "No reward run is running."
+    assert not (run / "STOP").exists()
+    # a live one is still running
+    (run / "status.json").write_text(json.dumps({"kind": "reward", "state": "running", "step": 3,
+                                                 "total_steps": 10, "pid": __import__("os").getpid()}))
+    assert reward_logic.status_line(str(run)).startswith("**running**")

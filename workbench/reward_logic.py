@@ -18,7 +18,7 @@ from core.models import load_scalar_model, load_tokenizer, pick_device
 from core import jobs
 from core.jobs import JOBS
 from core.reward_training import start_reward_job
-from core.runs import list_runs, read_metrics, read_status, request_stop
+from core.runs import list_runs, process_gone, read_metrics, read_status, request_stop
 from core.scoring import score_texts
 
 from . import plots
@@ -48,7 +48,7 @@ def stop(ws, run_path: str) -> str:
     """Stop this app's reward job, or (a CLI run) write the STOP file of the run shown."""
     if JOBS.stop(ws.root, "reward"):
         return "Stop requested; the run stops after the current step."
-    if run_path and read_status(run_path).get("state") == "running":
+    if run_path and state_of(read_status(run_path)) == "running":
         request_stop(run_path)
         return f"Stop requested for `{Path(run_path).name}`."
     return "No reward run is running."
@@ -64,7 +64,7 @@ def runs_table(ws) -> pd.DataFrame:
     for r in reward_runs(ws):
         acc = r.get("val_accuracy")
         started = r.get("started")
-        rows.append({"run": r["name"], "state": r.get("state", "?"),
+        rows.append({"run": r["name"], "state": state_of(r),
                      "step": f"{r.get('step', 0)}/{r.get('total_steps', '?')}",
                      "val accuracy": None if acc is None else round(acc, 3),
                      "pairs": r.get("pairs_train"),
@@ -102,7 +102,12 @@ def run_signature(run_path: str) -> str:
 def status_bar(run_path: str) -> str:
     """The progress bar under the status line (step/total of status.json)."""
     st = read_status(run_path) if run_path else {}
-    return progress_bar(st.get("step", 0), st.get("total_steps") or 0, st.get("state"), "reward-progress")
+    return progress_bar(st.get("step", 0), st.get("total_steps") or 0, state_of(st) if st else None, "reward-progress")
+
+
+def state_of(st: dict) -> str:
+    """The status's state, except that a "running" run whose process is gone is "interrupted"."""
+    return "interrupted" if process_gone(st) else st.get("state", "?")
 
 
 def status_line(run_path: str) -> str:
@@ -112,10 +117,12 @@ def status_line(run_path: str) -> str:
     if not st:
         return f"`{Path(run_path).name}`: no status.json (not a run directory?)"
     step, total = st.get("step", 0), st.get("total_steps") or 0
-    parts = [f"**{st.get('state', '?')}**", f"`{Path(run_path).name}`"]
+    parts = [f"**{state_of(st)}**", f"`{Path(run_path).name}`"]
     if total:
         parts.append(f"step {step}/{total} ({100 * step / total:.0f}%)")
-    if st.get("message") and st.get("state") == "running":
+    if process_gone(st):
+        parts.append(f"its process {st['pid']} exited without finishing; start the run again")
+    if st.get("message") and state_of(st) == "running":
         parts.append(st["message"])
     if st.get("pairs_per_s"):
         parts.append(f"{st['pairs_per_s']:.1f} pairs/s")
