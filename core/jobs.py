@@ -34,10 +34,12 @@ from .runs import Run, list_runs, process_gone, read_status, request_stop, run_t
 NICE = 15  # weight 36 against the app's 1024 under CFS: the app wins every contended slice
 AUTOGROUP_NICE = 19  # the job's session group: weight 15 against 1024 for every other session
 # OpenMP workers spin this many iterations at a barrier before they sleep (libgomp's default is
-# 300000). A GUI job shares the cores with the browser: at the default, a PPO job beside Chromium
-# made 11 steps in a minute and Label clicks took p95 150 ms; at 10000, 16 steps and 109 ms, and
-# alone it is as fast (1.53 vs 1.47 steps/s, batch 8; OMP_WAIT_POLICY=PASSIVE: 1.01). The user's
-# own setting wins.
+# 300000); a GUI job shares the cores with the browser, where a spinning worker helps nobody.
+# Alone the job is as fast: 1.53 vs 1.47 steps/s at the default (OMP_WAIT_POLICY=PASSIVE: 1.01;
+# `python -m core.cli ppo steps=2000 batch_size=8 response_length=16 ppo_epochs=2`, 55 s each).
+# Beside Chromium, `benchmarks/bench_ui.py --clicks 100` gave Label click p95 180 ms and 39 steps,
+# against 186 ms and 37 steps at the default (`--app-env GOMP_SPINCOUNT=300000` sets it): within noise,
+# one run each. The user's own setting wins.
 GOMP_SPINCOUNT = "10000"
 KINDS = ("ppo", "reward")
 ROOT = Path(__file__).resolve().parent.parent  # so `-m core.jobs` imports this very tree

@@ -174,6 +174,12 @@ def process_gone(st: dict) -> bool:
         return False
 
 
+def state_of(st: dict) -> str:
+    """The state a reader shows: status.json's, except "interrupted" for a "running" run whose
+    process is gone (see process_gone)."""
+    return "interrupted" if process_gone(st) else st.get("state", "?")
+
+
 def request_stop(path: str | Path) -> None:
     """Ask any run to stop, whichever process runs it."""
     Path(path, "STOP").touch()

@@ -49,27 +49,36 @@ def test_gui_refuses_an_open_bind_with_a_message(argv, message, tmp_path):
     assert not (tmp_path / "ws").exists()  # refused before anything was created
 
 
-def test_only_the_selected_tabs_timer_runs():
-    """Hidden tabs' timers are off (each tick costs the browser work in front of the Label clicks):
-    selecting a tab switches its timer on and every other one off."""
+def test_only_the_selected_tabs_timer_runs(tmp_path):
+    """In the app itself: the page opens on Label with every tab timer off (each tick costs the
+    browser work in front of the Label clicks), and selecting a tab switches its timer on and
+    every other one off."""
     import gradio as gr
 
-    from workbench.app import run_timers_of_selected_tab
-    with gr.Blocks() as app:
-        tabs, timers = {}, {}
-        with gr.Tabs():
-            for name in ("label", "reward", "ppo"):
-                with gr.Tab(name) as tabs[name]:
-                    if name != "label":
-                        timers[name] = gr.Timer(1.0, active=False)
-        run_timers_of_selected_tab(tabs, timers)
-    by_tab = {}
-    for fn in app.fns.values():
-        for block_id, event in fn.targets:
-            name = next((n for n, t in tabs.items() if t._id == block_id), None)
-            if event == "select" and name:
-                by_tab[name] = ([o._id for o in fn.outputs], fn.fn())
-    assert set(by_tab) == {"label", "reward", "ppo"}
-    for name, (outputs, updates) in by_tab.items():
-        active = {o: u.active for o, u in zip(outputs, updates)}
-        assert active == {t._id: n == name for n, t in timers.items()}, name
+    from workbench.app import build_app
+    from workbench.context import Workspace
+    app = build_app(Workspace(tmp_path / "ws"))
+    tabs = {b.label: b for b in app.blocks.values() if isinstance(b, gr.Tab)}
+    assert set(tabs) == {"Label", "Reward model", "PPO", "Inspect"}
+    selects = {name: fn for fn in app.fns.values() for block_id, event in fn.targets
+               for name, tab in tabs.items() if event == "select" and block_id == tab._id}
+    assert set(selects) == set(tabs)
+    tab_timers = {o._id for o in selects["PPO"].outputs}
+    assert len(tab_timers) == 3  # Reward, PPO, Inspect; the Label tab's own refresh timer is not one
+    assert all(not app.blocks[t].active for t in tab_timers)  # off until their tab is selected
+    for name, fn in selects.items():
+        on = {o._id for o, update in zip(fn.outputs, fn.fn()) if update.active}
+        assert {o._id for o in fn.outputs} == tab_timers
+        assert len(on) == (name != "Label")  # the selected tab's timer only (Label has none)
+        if on:  # ... and it is the timer whose tick redraws that tab
+            timer = on.pop()
+            tick = next(f for f in app.fns.values() if (timer, "tick") in f.targets)
+            assert any(inside(o, tabs[name]) for o in tick.outputs), name
+
+
+def inside(block, container) -> bool:
+    while block is not None:
+        if block is container:
+            return True
+        block = getattr(block, "parent", None)
+    return False

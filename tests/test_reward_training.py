@@ -248,24 +248,28 @@ def test_cli_reports_bad_data(base, tmp_path, capsys):
 
 
 def test_reward_run_whose_process_died_shows_as_interrupted(tmp_path):
-    """A reward job killed mid-run leaves status "running": the Reward tab must not say so forever."""
+    """A reward job killed mid-run leaves status "running": the Reward tab must say it is
+    interrupted, and its live view must notice although status.json does not change."""
     import subprocess
     import sys
     from types import SimpleNamespace
 
     from workbench import reward_logic
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True).stdout)
+    ws = SimpleNamespace(root=tmp_path)
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     run = tmp_path / "runs" / "reward-killed"
     run.mkdir(parents=True)
     (run / "status.json").write_text(json.dumps({"kind": "reward", "state": "running", "step": 3,
-                                                 "total_steps": 10, "pid": dead}))
+                                                 "total_steps": 10, "pid": job.pid}))
+    try:
+        assert reward_logic.status_line(str(run)).startswith("**running**")
+        alive_sig = reward_logic.run_signature(str(run))
+    finally:
+        job.kill()
+        job.wait()
+    assert reward_logic.run_signature(str(run)) != alive_sig  # the timer redraws
     line = reward_logic.status_line(str(run))
-    assert line.startswith("**interrupted** · `reward-killed` · step 3/10") and f"process {dead} exited" in line
-    assert reward_logic.runs_table(SimpleNamespace(root=tmp_path))["state"].tolist() == ["interrupted"]
-    assert reward_logic.stop(SimpleNamespace(root=tmp_path), str(run)) == "No reward run is running."
+    assert line.startswith("**interrupted** · `reward-killed` · step 3/10") and f"process {job.pid} exited" in line
+    assert reward_logic.runs_table(ws)["state"].tolist() == ["interrupted"]
+    assert reward_logic.stop(ws, str(run)) == "No reward run is running."
     assert not (run / "STOP").exists()
-    # a live one is still running
-    (run / "status.json").write_text(json.dumps({"kind": "reward", "state": "running", "step": 3,
-                                                 "total_steps": 10, "pid": __import__("os").getpid()}))
-    assert reward_logic.status_line(str(run)).startswith("**running**")

@@ -21,7 +21,7 @@ from core.config import DEFAULT_PROMPTS, PPOConfig, load_config
 from core import jobs
 from core.jobs import JOBS
 from core.ppo_run import check_config, start_ppo_job
-from core.runs import list_runs, process_gone, read_status, request_stop
+from core.runs import list_runs, process_gone, read_status, request_stop, state_of
 
 from . import hacking, ppo_plots
 from .forms import values_to_config, yaml_or_error
@@ -167,10 +167,6 @@ def policy_choices(ws) -> list[tuple[str, str]]:
         if (Path(r["path"]) / "model" / "config.json").exists():
             out.append((f"{r['name']} final policy", str(Path(r["path"]) / "model")))
     return out
-
-
-def state_of(st: dict) -> str:
-    return "interrupted" if process_gone(st) else st.get("state", "?")
 
 
 def resumable_choices(ws) -> list[tuple[str, str]]:

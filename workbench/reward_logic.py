@@ -18,7 +18,7 @@ from core.models import load_scalar_model, load_tokenizer, pick_device
 from core import jobs
 from core.jobs import JOBS
 from core.reward_training import start_reward_job
-from core.runs import list_runs, process_gone, read_metrics, read_status, request_stop
+from core.runs import list_runs, process_gone, read_metrics, read_status, request_stop, state_of
 from core.scoring import score_texts
 
 from . import plots
@@ -96,18 +96,14 @@ def run_signature(run_path: str) -> str:
     for name in ("status.json", "metrics.jsonl", "val_scores.json"):
         p = Path(run_path) / name
         parts.append(f"{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else "-")
-    return run_path + "|" + "|".join(parts)
+    # a process that died leaves status.json as it was: its shown state is part of the signature
+    return run_path + "|" + "|".join(parts) + "|" + state_of(read_status(run_path))
 
 
 def status_bar(run_path: str) -> str:
     """The progress bar under the status line (step/total of status.json)."""
     st = read_status(run_path) if run_path else {}
     return progress_bar(st.get("step", 0), st.get("total_steps") or 0, state_of(st) if st else None, "reward-progress")
-
-
-def state_of(st: dict) -> str:
-    """The status's state, except that a "running" run whose process is gone is "interrupted"."""
-    return "interrupted" if process_gone(st) else st.get("state", "?")
 
 
 def status_line(run_path: str) -> str:

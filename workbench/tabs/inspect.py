@@ -80,7 +80,7 @@ def build(ws) -> gr.Timer:
     view_inputs = [shown, step, sample, quantity]
     timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
     timer.tick(tick, inputs=[chosen, sig, follow, shown, on_screen], outputs=[sig, shown, newest, step],
-                       js=ON_SCREEN_JS, show_progress="hidden")
+               js=ON_SCREEN_JS, show_progress="hidden")
     step.input(released, inputs=[step, newest], outputs=follow)  # the user moved it (drag or typed)
     # .change fires for the timer's updates as well as the user's; .input only for the user's
     step.change(render, inputs=view_inputs, outputs=view_outputs, show_progress="hidden")

@@ -161,7 +161,7 @@ def build(ws) -> gr.Timer:
     refresh_btn.click(lists, inputs=reward_model, outputs=[run_pick, resume_pick, reward_model, policy, runs])
     timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
     timer.tick(tick, inputs=[shown, sigs, reward_model, on_screen], outputs=outputs, js=ON_SCREEN_JS,
-                       show_progress="hidden")
+               show_progress="hidden")
     return timer
 
 

@@ -82,8 +82,8 @@ def build(ws) -> gr.Timer:
     refresh_btn.click(refresh, outputs=[run_pick, runs])
     timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
     timer.tick(tick, inputs=[shown_run, signature],
-                       outputs=[signature, status, bar, loss_plot, acc_plot, margin_plot, hist_plot, runs],
-                       show_progress="hidden")
+               outputs=[signature, status, bar, loss_plot, acc_plot, margin_plot, hist_plot, runs],
+               show_progress="hidden")
     try_refresh.click(lambda: gr.update(choices=logic.run_choices(ws, with_model=True)), outputs=try_run)
     try_btn.click(logic.try_it, inputs=[try_run, try_prompt, try_a, try_b], outputs=try_out)
     return timer
