@@ -114,6 +114,15 @@ def wait_for_step(path, step: int = 1, timeout: float = 90) -> None:
         time.sleep(0.05)
 
 
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of pid's autogroup ("/autogroup-7 nice 19"), or None where the kernel does not say."""
+    try:
+        words = Path(f"/proc/{pid}/autogroup").read_text().split()
+    except OSError:
+        return None
+    return int(words[2]) if len(words) == 3 and words[1] == "nice" else None
+
+
 def test_background_job_stops_on_request(dirs, tmp_path):
     ws = tmp_path / "ws"
     run = start_ppo_job(ws, cfg_for(dirs, "", steps=500, save_every=1000))
@@ -126,10 +135,11 @@ def test_background_job_stops_on_request(dirs, tmp_path):
     # ... and in its own session, whose scheduling group (where the kernel has them) yields to every
     # other session's, the browser's included
     assert os.getsid(run.proc.pid) == run.proc.pid != os.getsid(0)
-    group = Path(f"/proc/{run.proc.pid}/autogroup")
-    if group.exists():
-        assert group.read_text().split()[1:] == ["nice", str(AUTOGROUP_NICE)]
-        assert Path("/proc/self/autogroup").read_text().split()[-1] != str(AUTOGROUP_NICE)  # ours untouched
+    theirs, ours = autogroup_nice(run.proc.pid), autogroup_nice(os.getpid())
+    if theirs is not None:
+        assert theirs == AUTOGROUP_NICE
+    if ours is not None:  # CI's kernel once gave an empty file for the test process: check only what it tells
+        assert ours != AUTOGROUP_NICE  # ours untouched
     env = Path(f"/proc/{run.proc.pid}/environ").read_bytes().split(b"\0")
     expected = os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # short OpenMP spins unless the user set them
     assert f"GOMP_SPINCOUNT={expected}".encode() in env
