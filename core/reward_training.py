@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,132 +28,15 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 
 from .config import RewardConfig, save_config
 from .models import autocast, check_model_dir, load_scalar_model, sequence_scores
-from .preferences import PreferenceStore, read_preferences
+from .pair_packing import PackedPairs, pack_pairs, packed_length, packed_scores, packing_works
+from .reward_data import Pairs, prepare_data
 from .rl import pairwise_loss
 from .jobs import JOBS, Job
 from .runs import Run, StopRequested, new_run_dir, read_status, run_to_completion, write_json_atomic
-from .scoring import pad_right, tokenize_for_scoring
+from .scoring import pad_right
 
 EVAL_BATCH = 64          # pairs per no-grad forward when validating
 SCORE_STATS_PAIRS = 512  # training pairs re-scored at the end for score_mean/std (1,024 scores: ~2% error on std)
-
-
-# ---------------------------------------------------------------- data
-@dataclass
-class Pairs:
-    """Tokenized pairs: unpadded id lists (padding happens per batch, to that batch's longest)."""
-    chosen: list[list[int]]
-    rejected: list[list[int]]
-    margin: list[float] | None
-    truncated: int = 0
-
-    def __len__(self) -> int:
-        return len(self.chosen)
-
-    def subset(self, idx: list[int]) -> "Pairs":
-        m = None if self.margin is None else [self.margin[i] for i in idx]
-        return Pairs([self.chosen[i] for i in idx], [self.rejected[i] for i in idx], m)
-
-
-def _read_margins(path: Path) -> list[float] | None:
-    """The optional `margin` column of a TRL file, row-aligned with read_preferences (which drops it)."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        values = [r.get("margin") for r in rows]
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-        table = pq.read_table(path)
-        values = table.column("margin").to_pylist() if "margin" in table.column_names else [None]
-    else:
-        return None
-    if not values or all(v is None for v in values):
-        return None
-    try:
-        return [float(v) if v is not None else 0.0 for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"{path.name}: the `margin` column must hold numbers") from None
-
-
-def load_rows(path_str: str, what: str = "data") -> tuple[list[dict], list[float] | None]:
-    """Labelled rows {prompt, chosen, rejected} and margins (or None), with messages a user can act on."""
-    if not path_str:
-        raise ValueError(f"no training data: set `{what}` to a preferences .db or a TRL .jsonl/.parquet file")
-    path = Path(path_str).expanduser()
-    if not path.exists():
-        raise ValueError(f"{what} file {path} does not exist")
-    rows = read_preferences(path)
-    margins = _read_margins(path) if path.suffix.lower() != ".db" else None
-    if not rows:
-        hint = ""
-        if path.suffix.lower() == ".db":
-            with PreferenceStore(path) as store:
-                c = store.counts()
-            hint = (f" (it has {c['labels']} labels, none of them 'a' or 'b': ties, both_bad and skip do not "
-                    "say which response is better)" if c["labels"] else
-                    f" (it has {c['pairs']} pairs but no labels yet: label some in the Label tab)")
-        raise ValueError(f"no labelled pairs in {path}{hint}")
-    return rows, margins
-
-
-def load_sources(spec: str, what: str = "data") -> tuple[list[dict], list[float] | None]:
-    """`spec`: one source, or several separated by commas (e.g. the store and a TRL file), read
-    in order and concatenated. Margins are kept when any source has them (0 for the others)."""
-    parts = [s.strip() for s in (spec or "").split(",") if s.strip()]
-    if len(parts) <= 1:
-        return load_rows(parts[0] if parts else "", what)
-    rows, margins, any_margin = [], [], False
-    for part in parts:
-        r, m = load_rows(part, what)
-        rows += r
-        margins += m if m is not None else [0.0] * len(r)
-        any_margin |= m is not None
-    return rows, (margins if any_margin else None)
-
-
-def _keep_informative(rows, margins, where: str):
-    """Drop pairs whose chosen and rejected are the same text: they cannot teach a preference."""
-    keep = [i for i, r in enumerate(rows) if r["chosen"] != r["rejected"]]
-    if not keep:
-        raise ValueError(f"all {len(rows)} pairs in {where} have identical chosen and rejected responses: "
-                         "there is no preference to learn")
-    return [rows[i] for i in keep], (None if margins is None else [margins[i] for i in keep]), len(rows) - len(keep)
-
-
-def tokenize_pairs(tokenizer, rows, margins, max_length: int) -> Pairs:
-    prompts = [r["prompt"] for r in rows]
-    chosen, tc = tokenize_for_scoring(tokenizer, prompts, [r["chosen"] for r in rows], max_length)
-    rejected, tr = tokenize_for_scoring(tokenizer, prompts, [r["rejected"] for r in rows], max_length)
-    return Pairs(chosen, rejected, margins, tc + tr)
-
-
-def prepare_data(cfg: RewardConfig, tokenizer) -> tuple[Pairs, Pairs, dict]:
-    """(train, val, info). Raises ValueError for data that cannot train a reward model."""
-    if not 0 <= cfg.val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    for name in ("epochs", "batch_size", "grad_accum", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    rows, margins = load_sources(cfg.data, "data")
-    rows, margins, dropped = _keep_informative(rows, margins, cfg.data)
-    if not cfg.use_margin:
-        margins = None
-    if cfg.val_data:
-        vrows, vmargins = load_sources(cfg.val_data, "val_data")
-        vrows, vmargins, _ = _keep_informative(vrows, vmargins if cfg.use_margin else None, cfg.val_data)
-        train = tokenize_pairs(tokenizer, rows, margins, cfg.max_length)
-        val = tokenize_pairs(tokenizer, vrows, vmargins, cfg.max_length)
-    else:
-        everything = tokenize_pairs(tokenizer, rows, margins, cfg.max_length)
-        n = len(everything)
-        n_val = min(n - 1, max(1, round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n >= 2 else 0
-        perm = list(range(n))
-        random.Random(cfg.seed).shuffle(perm)  # seeded: the same config always holds out the same pairs
-        val, train = everything.subset(perm[:n_val]), everything.subset(perm[n_val:])
-        train.truncated = everything.truncated
-    info = {"pairs_train": len(train), "pairs_val": len(val), "identical_dropped": dropped,
-            "truncated": train.truncated + val.truncated}
-    return train, val, info
 
 
 # ---------------------------------------------------------------- model
@@ -192,14 +73,17 @@ def load_reward_tokenizer(path: str):
 
 
 class _Scorer(torch.nn.Module):
-    """Wraps the HF model so DDP (accelerate) sees one forward: ids, mask -> last-token scores."""
+    """Wraps the HF model so DDP (accelerate) sees one forward of tensors -> (2B,) scores, chosen
+    then rejected: packed rows (core.pair_packing) when `packed`, else padded rows."""
 
-    def __init__(self, model):
+    def __init__(self, model, packed: bool):
         super().__init__()
-        self.model = model
+        self.model, self.packed = model, packed
 
-    def forward(self, input_ids, attention_mask):
-        return sequence_scores(self.model, input_ids, attention_mask)
+    def forward(self, input_ids, mask_or_segment, position_ids=None, chosen_at=None, rejected_at=None):
+        if position_ids is None:
+            return sequence_scores(self.model, input_ids, mask_or_segment)
+        return packed_scores(self.model, PackedPairs(input_ids, position_ids, mask_or_segment, chosen_at, rejected_at))
 
 
 def preflight(cfg: RewardConfig) -> dict:
@@ -209,7 +93,13 @@ def preflight(cfg: RewardConfig) -> dict:
 
 
 # ---------------------------------------------------------------- training
-def _batches(train: Pairs, batch_size: int, rng: random.Random) -> list[list[int]]:
+def _row_length(data: Pairs, packed: bool) -> list[int]:
+    """What sets a batch's padding: the packed row, or the longer text of the pair."""
+    size = packed_length if packed else lambda c, r: max(len(c), len(r))
+    return [size(c, r) for c, r in zip(data.chosen, data.rejected)]
+
+
+def _batches(train: Pairs, batch_size: int, rng: random.Random, packed: bool) -> list[list[int]]:
     """One epoch of shuffled batches, length-grouped within windows of 8 batches.
 
     Sorting each window by length puts rows of similar length together, so dynamic padding wastes
@@ -217,7 +107,7 @@ def _batches(train: Pairs, batch_size: int, rng: random.Random) -> list[list[int
     """
     idx = list(range(len(train)))
     rng.shuffle(idx)
-    length = [max(len(c), len(r)) for c, r in zip(train.chosen, train.rejected)]
+    length = _row_length(train, packed)
     out = []
     window = 8 * batch_size
     for w in range(0, len(idx), window):
@@ -227,24 +117,32 @@ def _batches(train: Pairs, batch_size: int, rng: random.Random) -> list[list[int
     return out
 
 
-def _pair_batch(data: Pairs, idx: list[int], pad: int, device):
-    """chosen rows then rejected rows, padded together: ONE forward scores both sides."""
-    ids, mask = pad_right([data.chosen[i] for i in idx] + [data.rejected[i] for i in idx], pad, device)
+def _pair_batch(data: Pairs, idx: list[int], pad: int, device, packed: bool):
+    """(the scorer's inputs, margins): ONE forward scores both sides, as packed rows (one per
+    pair) or as chosen rows then rejected rows padded together."""
+    chosen, rejected = [data.chosen[i] for i in idx], [data.rejected[i] for i in idx]
+    if packed:
+        b = pack_pairs(chosen, rejected, pad).to(device)
+        inputs = (b.input_ids, b.segment, b.position_ids, b.chosen_at, b.rejected_at)
+    else:
+        inputs = pad_right(chosen + rejected, pad, device)
     margin = None if data.margin is None else torch.tensor([data.margin[i] for i in idx], device=device)
-    return ids, mask, margin
+    return inputs, margin
 
 
 @torch.no_grad()
 def _score_pairs(scorer, data: Pairs, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) scores of every pair, in order; batches sorted by length."""
-    order = sorted(range(len(data)), key=lambda i: max(len(data.chosen[i]), len(data.rejected[i])))
+    packed = getattr(scorer, "module", scorer).packed  # under DDP, the wrapped _Scorer's
+    length = _row_length(data, packed)
+    order = sorted(range(len(data)), key=length.__getitem__)
     c_all, r_all = torch.empty(len(data)), torch.empty(len(data))
     scorer.eval()
     for i in range(0, len(order), EVAL_BATCH):
         idx = order[i:i + EVAL_BATCH]
-        ids, mask, _ = _pair_batch(data, idx, pad, device)
+        inputs, _ = _pair_batch(data, idx, pad, device, packed)
         with autocast(device):
-            c, r = scorer(ids, mask).float().cpu().chunk(2)
+            c, r = scorer(*inputs).float().cpu().chunk(2)
         c_all[idx], r_all[idx] = c, r
     scorer.train()
     return c_all, r_all
@@ -288,28 +186,31 @@ def _train(cfg: RewardConfig, run: Run, accelerator: Accelerator) -> Path:
     for m in model.modules():  # dropout makes chosen and rejected scores noisy; TRL disables it too
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    scorer = accelerator.prepare(_Scorer(model))
+    pad = tokenizer.pad_token_id
+    probe = list(range(min(8, len(train))))  # the same pairs on every rank, so all ranks agree
+    packed = packing_works(model, [train.chosen[i] for i in probe], [train.rejected[i] for i in probe], pad, device)
+    run.set_status(packed_pairs=packed)
+    scorer = accelerator.prepare(_Scorer(model, packed))
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cpu" else {}  # one kernel for all tensors (as in PPO)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(total * cfg.warmup_ratio)))
-    pad = tokenizer.pad_token_id
     rank, world = accelerator.process_index, accelerator.num_processes
     rng = random.Random(cfg.seed)
     step, train_time, val_metrics = 0, 0.0, {}
     run.set_status(message="training")
     for epoch in range(cfg.epochs):
-        for batch in _batches(train, cfg.batch_size, rng):
+        for batch in _batches(train, cfg.batch_size, rng, packed):
             t0 = time.perf_counter()
             local = batch[rank::world] or batch[:1]  # every rank must run a forward for DDP
             micro = [m for m in (local[i::cfg.grad_accum] for i in range(cfg.grad_accum)) if m]
             sums = torch.zeros(3, device=device)
             for k, idx in enumerate(micro):
-                ids, mask, margin = _pair_batch(train, idx, pad, device)
+                inputs, margin = _pair_batch(train, idx, pad, device, packed)
                 sync = accelerator.no_sync(scorer) if k < len(micro) - 1 else contextlib.nullcontext()
                 with sync:
                     with autocast(device):
-                        chosen, rejected = scorer(ids, mask).float().chunk(2)
+                        chosen, rejected = scorer(*inputs).float().chunk(2)
                     loss, stats = pairwise_loss(chosen, rejected, margin, cfg.center_coef)
                     accelerator.backward(loss * (len(idx) / len(local)))  # mean over the step's pairs
                 sums += torch.stack([loss.detach(), stats["accuracy"], stats["margin"]]) * (len(idx) / len(local))

@@ -12,7 +12,6 @@ from core.jobs import AUTOGROUP_NICE, GOMP_SPINCOUNT, JOBS, NICE
 from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
 from core.runs import read_metrics, read_status, read_tokens, request_stop
 
-from tiny_models import tiny_model
 
 @pytest.fixture
 def dirs(ppo_dirs):

@@ -71,6 +71,7 @@ def test_learns_a_learnable_preference(trained):
     cfg, run = trained
     st = read_status(run)
     assert st["state"] == "finished" and st["step"] == st["total_steps"] == 2 * 8
+    assert st["packed_pairs"] is True  # GPT-2 takes one packed row per pair (core.pair_packing)
     rows = read_metrics(run)
     assert sum(r["rm/accuracy"] for r in rows[-4:]) / 4 >= 0.9
     assert rows[-1]["val/accuracy"] >= 0.9 and st["val_accuracy"] == rows[-1]["val/accuracy"]

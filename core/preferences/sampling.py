@@ -15,7 +15,6 @@ import dataclasses
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 import torch
