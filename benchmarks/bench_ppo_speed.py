@@ -421,7 +421,13 @@ def main() -> None:
 
     if args.child:
         fn = {"ours": child_ours, "trl": child_trl, "make-rm": child_make_rm, "profile": child_profile}[args.child]
-        res = fn(args)
+        if os.environ.get("BENCH_COUNT_FLOPS"):  # benchmarks/bench_compute_floor.py: count, don't time
+            from torch.utils.flop_counter import FlopCounterMode
+            with FlopCounterMode(display=False) as counter:
+                res = fn(args)
+            res["flops"] = counter.get_total_flops()
+        else:
+            res = fn(args)
         res["peak_rss_mb"] = peak_rss_mb()
         Path(args.out).write_text(json.dumps(res))
         return
