@@ -284,8 +284,9 @@ def child_profile(args) -> dict:
         return pre, post
 
     from core.models import backbone
-    for label, mod in (("policy", m.policy), ("reference", m.reference), ("critic", backbone(m.critic)),
-                       ("reward", backbone(m.reward))):
+    # backbones: the packed forwards (core.seq_packing) call them directly, the padded ones through the model
+    for label, mod in (("policy", backbone(m.policy)), ("reference", backbone(m.reference)),
+                       ("critic", backbone(m.critic)), ("reward", backbone(m.reward))):
         pre, post = hook_pair(label)
         mod.register_forward_pre_hook(pre)
         mod.register_forward_hook(post)

@@ -17,7 +17,8 @@ import torch
 from . import rl
 from .config import GenerationConfig, PPOConfig
 from .generation import Samples, decode_responses, generate, response_logits
-from .models import autocast, token_scores
+from .models import autocast, score_head, token_scores
+from .seq_packing import pack_batch, packed_hidden, unpack
 from .scoring import score_texts
 
 
@@ -53,6 +54,7 @@ class Models:
     tokenizer: object
     reward_tokenizer: object
     reference: torch.nn.Module | None = None  # None: LoRA policy, reference = adapter disabled
+    packed: bool | None = None  # padding-free forwards (core.seq_packing); None = not checked yet
 
 
 class NonFiniteError(FloatingPointError):
@@ -104,6 +106,55 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
     return s, raw
 
 
+# ---------------------------------------------------------------- forwards, padded or packed
+PACK_IF_BELOW = 0.9  # pack a batch when that leaves under 90% of its padded slots (else the gathers cost more)
+
+
+def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: bool | None):
+    """The packed batch to use, or None for the padded forward. `packed` overrides the model check
+    and the gain test (the equivalence tests compare both paths on the same batch)."""
+    if not (m.packed if packed is None else packed):
+        return None
+    pb = pack_batch(ids, mask)
+    return pb if packed or pb.input_ids.numel() < PACK_IF_BELOW * ids.numel() else None
+
+
+def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
+                  packed: bool | None = None) -> torch.Tensor:
+    """(B, P + T) -> (B, T, V): the logits that predicted each response token."""
+    pb = _packing(m, ids, mask, packed)
+    if pb is None:
+        return response_logits(model, ids, mask, P, temperature)
+    hidden = unpack(packed_hidden(model, pb), pb, slice(P - 1, ids.shape[1] - 1))  # (B, T, H)
+    return model.get_output_embeddings()(hidden).float() / temperature
+
+
+def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: bool | None = None) -> torch.Tensor:
+    """(B, P + T) -> (B, T): V of the state each response token was sampled from."""
+    pb = _packing(m, ids, mask, packed)
+    if pb is None:
+        return token_scores(m.critic, ids, mask)[:, P - 1:-1]
+    hidden = unpack(packed_hidden(m.critic, pb), pb, slice(P - 1, ids.shape[1] - 1))  # (B, T, H)
+    return score_head(m.critic)(hidden).squeeze(-1).float()
+
+
+@torch.no_grad()
+def packing_agrees(m: Models, samples: Samples, atol: float = 1e-3) -> bool:
+    """Do the packed forwards give the padded ones' logits and values on this batch (fp32)?
+    A model that reads positions from the 2D mask (BLOOM's ALiBi), ignores 4D masks, or scales its
+    logits outside the LM head would disagree here, and the run then pads."""
+    ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
+    real = samples.response_mask.bool()
+    try:
+        for f in (lambda pk: policy_logits(m, m.policy, ids, mask, P, 1.0, packed=pk),
+                  lambda pk: critic_values(m, ids, mask, P, packed=pk)):
+            if not torch.allclose(f(True)[real], f(False)[real], atol=atol, rtol=1e-3):
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - any failure of the packed forward means: do not pack
+        return False
+
+
 # ---------------------------------------------------------------- 3. advantages
 @torch.no_grad()
 def make_experience(m: Models, samples: Samples, prompts: list[str], responses: list[str],
@@ -111,15 +162,17 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
     ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
     rmask = samples.response_mask.float()
     device = ids.device
+    if m.packed is None:
+        m.packed = packing_agrees(m, samples)
     with autocast(device):
         if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
             with m.policy.disable_adapter():
-                ref_logits = response_logits(m.policy, ids, mask, P, cfg.temperature)
+                ref_logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature)
         else:
-            ref_logits = response_logits(m.reference, ids, mask, P, cfg.temperature)
+            ref_logits = policy_logits(m, m.reference, ids, mask, P, cfg.temperature)
         ref_logprobs = rl.logprobs_from_logits(ref_logits, samples.responses) * rmask  # (B, T)
         del ref_logits
-        values = token_scores(m.critic, ids, mask)[:, P - 1:-1] * rmask  # (B, T)
+        values = critic_values(m, ids, mask, P) * rmask  # (B, T)
     rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
                                    cfg.kl_estimator)  # clipping already done in score()
     advantages, returns = rl.gae(rewards, values, rmask, cfg.gamma, cfg.lam)
@@ -141,7 +194,7 @@ def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor
     ids, mask, rmask, T = trimmed(exp, idx)
     P = exp.prompt_len
     with autocast(ids.device):
-        logits = response_logits(m.policy, ids, mask, P, cfg.temperature)  # (b, T, V)
+        logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature)  # (b, T, V)
         logprobs = rl.logprobs_from_logits(logits, ids[:, P:])
         loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
         stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
@@ -159,7 +212,7 @@ def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig) ->
     """Clipped value loss on rows `idx`."""
     ids, mask, rmask, T = trimmed(exp, idx)
     with autocast(ids.device):
-        values = token_scores(m.critic, ids, mask)[:, exp.prompt_len - 1:-1]  # (b, T)
+        values = critic_values(m, ids, mask, exp.prompt_len)  # (b, T)
         loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
     return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 

@@ -268,7 +268,7 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
             tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
             run.log_metrics(step, metrics)
             run.log_tokens(records)
-            run.set_status(step=step)
+            run.set_status(step=step, **({"packed_sequences": tr.models.packed} if step == start + 1 else {}))
             done = step
             if step % cfg.save_every == 0 or step == cfg.steps:
                 checkpoint(step)
