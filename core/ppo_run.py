@@ -63,8 +63,11 @@ def load_models(cfg: PPOConfig, device, policy_from: str | None = None, critic_f
         if policy_from:
             policy = PeftModel.from_pretrained(policy, policy_from, is_trainable=True)
         else:
+            from transformers.pytorch_utils import Conv1D  # GPT-2-style layers store weights transposed
+            transposed = any(isinstance(m, Conv1D) for m in policy.modules())
             policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
-                                                       target_modules="all-linear", lora_dropout=0.0))
+                                                       target_modules="all-linear", lora_dropout=0.0,
+                                                       fan_in_fan_out=transposed))
     else:
         reference = load_reference(cfg.policy, device)
         if policy_from:
