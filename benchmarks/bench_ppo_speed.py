@@ -3,7 +3,7 @@
     python benchmarks/bench_ppo_speed.py [--policy DIR] [--reward-model DIR] [--prompts FILE]
                                          [--steps 8] [--warmup 2] [--batch-size 16]
                                          [--response-length 24] [--ppo-epochs 4] [--lr 3e-5]
-                                         [--kl-coef 0.2] [--threads N] [--only ours|trl]
+                                         [--kl-coef 0.2] [--threads N] [--only ours|trl] [--rounds 2]
     python benchmarks/bench_ppo_speed.py --profile [--steps 3]   # where our step's time goes
 
 Both trainers train the same policy with the same reward model, on the same prompts, with the
@@ -25,15 +25,15 @@ of one step to the end of the next on both sides (ours: around core.ppo_run.ppo_
 per-step records ppo_body writes; TRL: TrainerCallback.on_step_end timestamps). Differences
 left in on purpose: ours clips gradients (max_grad_norm) and TRL does not; TRL logs through
 the Trainer machinery; the mean response length of each side is printed, since both sample
-the same model but different random draws.
+the same model but different random draws. With --rounds N the race runs N times, alternating
+which trainer goes first, and each trainer's measured steps are pooled (peak RSS: the highest).
 
 The table also gives CPU seconds per step (process time, all threads): on a busy machine it moves
 far less than wall time, so compare it when the wall figures are noisy. On a busy machine, also try
 --threads 1 (with 2 threads competing for 2 loaded cores, OpenMP waits cost several x).
 
---profile runs our step alone with timers around its phases (rollout, score, make_experience,
-update, and inside them each model's forward, backward, clipping, optimizer steps; core/ is only
-wrapped from outside, never edited) and torch.profiler's top operators over one more step.
+--profile runs our step alone with timers around its phases and torch.profiler's top operators
+over one more step (benchmarks/ppo_profile.py).
 
 Prints a table and ends with one JSON line:
 {"ours_eps", "trl_eps", "ratio", "ours_rss_mb", "trl_rss_mb", "goal_met": ratio >= 2 and
@@ -228,115 +228,6 @@ def child_trl(args) -> dict:
             "trl_version": trl.__version__}
 
 
-# ---------------------------------------------------------------- profile of our step
-def child_profile(args) -> dict:
-    """Phase timers around one of our steps (by wrapping what ppo_step calls; core is untouched),
-    then torch.profiler's top operators over one more step."""
-    common_setup(args)
-    import torch
-    import core.fastdecode as fd
-    import core.ppo as ppo
-    import core.ppo_run as pr
-    from core.runs import Run
-    out_dir = tempfile.mkdtemp(prefix="bench-ppo-prof-")
-    cfg = ours_config(args, out_dir)
-    run = Run(out_dir, "ppo")
-    rss = {"after imports": peak_rss_mb()}
-    tr, _ = pr.setup(cfg, run, None)
-    rss["after setup"] = peak_rss_mb()
-    m = tr.models
-    acc: dict[str, float] = {}   # wall seconds per phase
-    acc_cpu: dict[str, float] = {}  # process CPU seconds per phase (all threads)
-    phase = ["-"]
-
-    def now():
-        return time.perf_counter(), time.process_time()
-
-    def add(key, t0):
-        acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0[0]
-        acc_cpu[key] = acc_cpu.get(key, 0.0) + time.process_time() - t0[1]
-
-    def timed(name, fn, set_phase=True):
-        def wrapper(*a, **kw):
-            prev = phase[0]
-            if set_phase:
-                phase[0] = name
-            t = now()
-            try:
-                return fn(*a, **kw)
-            finally:
-                add(name if set_phase else f"{phase[0]}/{name}", t)
-                phase[0] = prev
-        return wrapper
-
-    for name in ("rollout", "decode_responses", "score", "make_experience", "whiten_global", "update",
-                 "experience_metrics", "token_records"):
-        setattr(pr, name, timed(name, getattr(pr, name)))
-    # Inside the phases: forwards per model, backward, clipping, optimizer steps, decode steps.
-    starts = {}
-
-    def hook_pair(label):
-        def pre(mod, inp, *rest):
-            starts[label] = now()
-
-        def post(mod, inp, out, *rest):
-            add(f"{phase[0]}/{label} forward", starts.pop(label))
-        return pre, post
-
-    from core.models import backbone
-    # backbones: the packed forwards (core.seq_packing) call them directly, the padded ones through the model
-    for label, mod in (("policy", backbone(m.policy)), ("reference", backbone(m.reference)),
-                       ("critic", backbone(m.critic)), ("reward", backbone(m.reward))):
-        pre, post = hook_pair(label)
-        mod.register_forward_pre_hook(pre)
-        mod.register_forward_hook(post)
-    torch.Tensor.backward = timed("backward", torch.Tensor.backward, set_phase=False)
-    torch.nn.utils.clip_grad_norm_ = timed("clip_grad_norm", torch.nn.utils.clip_grad_norm_, set_phase=False)
-    for i, opt in enumerate(tr.optimizers):
-        opt.step = timed(f"adamw step ({'policy' if i == 0 else 'critic'})", opt.step, set_phase=False)
-        opt.zero_grad = timed("zero_grad", opt.zero_grad, set_phase=False)
-    for cls in (fd.GPT2Decoder, fd.GenericDecoder):
-        cls.start = timed("prefill", cls.start, set_phase=False)
-        cls.step = timed("decode steps", cls.step, set_phase=False)
-    ppo.rl.entropy_from_logits = timed("entropy (for the record)", ppo.rl.entropy_from_logits, set_phase=False)
-    ppo.rl.logprobs_from_logits = timed("logprobs_from_logits", ppo.rl.logprobs_from_logits, set_phase=False)
-
-    def one_step(step):
-        t, c = now()
-        metrics, records = pr.ppo_step(tr, step, run.check_stop)
-        tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
-        run.log_metrics(step, metrics)
-        run.log_tokens(records)
-        run.set_status(step=step)
-        return time.perf_counter() - t, time.process_time() - c, metrics
-
-    warm = max(1, args.warmup)
-    for s in range(1, warm + 1):
-        one_step(s)
-    rss["after warm-up"] = peak_rss_mb()
-    acc.clear()
-    acc_cpu.clear()
-    n = max(1, args.steps)
-    total = total_cpu = 0.0
-    lens = []
-    for s in range(warm + 1, warm + n + 1):
-        dt, dc, metrics = one_step(s)
-        total += dt
-        total_cpu += dc
-        lens.append(metrics["tokens/response_len"])
-    phases = {k: v / n for k, v in acc.items()}
-    phases_cpu = {k: v / n for k, v in acc_cpu.items()}
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        one_step(warm + n + 1)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=48)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    rss["after the profiled step"] = peak_rss_mb()
-    return {"step_s": total / n, "step_cpu_s": total_cpu / n, "phases": phases, "phases_cpu": phases_cpu,
-            "profiler_table": table, "resp_len": lens, "rss_mb": rss,
-            "threads": torch.get_num_threads(), "steps": n}
-
-
 # ---------------------------------------------------------------- parent
 def steady(res: dict, warmup: int, batch: int) -> dict:
     st = res["stamps"]
@@ -349,10 +240,20 @@ def steady(res: dict, warmup: int, batch: int) -> dict:
     lens = res.get("resp_len") or []
     cpu = res["cpu_stamps"]
     return {"eps": batch * len(measured) / wall, "s_step": wall / len(measured),
-            "cpu_s_step": (cpu[-1] - cpu[warmup]) / len(measured),
+            "cpu_s_step": (cpu[-1] - cpu[warmup]) / len(measured), "n": len(measured), "wall": wall,
+            "cpu": cpu[-1] - cpu[warmup], "measured": measured,
             "median_s_step": statistics.median(measured), "steps": [round(x, 3) for x in per],
             "warmup_s": sum(per[:warmup]), "resp_len": sum(lens[warmup:]) / max(1, len(lens[warmup:])),
             "rss_mb": res["peak_rss_mb"]}
+
+
+def pooled(rounds: list[dict], batch: int) -> dict:
+    """One trainer's rounds as one measurement: all measured steps over all measured wall time."""
+    n, wall, cpu = (sum(r[k] for r in rounds) for k in ("n", "wall", "cpu"))
+    return {**rounds[-1], "eps": batch * n / wall, "s_step": wall / n, "cpu_s_step": cpu / n,
+            "median_s_step": statistics.median(x for r in rounds for x in r["measured"]),
+            "steps": [x for r in rounds for x in r["steps"]], "resp_len": sum(r["resp_len"] * r["n"] for r in rounds) / n,
+            "rss_mb": max(r["rss_mb"] for r in rounds)}
 
 
 def run_child(kind: str, args, tmp: str, extra_env: dict) -> dict:
@@ -373,31 +274,6 @@ def run_child(kind: str, args, tmp: str, extra_env: dict) -> dict:
     return json.loads(out.read_text())
 
 
-def print_profile(res: dict) -> None:
-    step, step_cpu = res["step_s"], res["step_cpu_s"]
-    ph, pc = res["phases"], res["phases_cpu"]
-    print(f"our PPO step, mean of {res['steps']} steps after warm-up: {step:.3f} s/step wall, "
-          f"{step_cpu:.3f} CPU s/step ({res['threads']} threads, "
-          f"mean response length {statistics.mean(res['resp_len']):.1f})")
-    print(f"{'phase (nested: phase/part)':<50} {'wall s':>8} {'share':>7} {'CPU s':>8} {'share':>7}")
-
-    def row(name, w, c):
-        print(f"{name:<50} {w:>8.4f} {w / step:>6.1%} {c:>8.4f} {c / step_cpu:>6.1%}")
-    top = ["rollout", "decode_responses", "score", "make_experience", "whiten_global", "update",
-           "experience_metrics", "token_records"]
-    for name in top:
-        if name not in ph:
-            continue
-        row(name, ph[name], pc[name])
-        for k in sorted((k for k in ph if k.startswith(name + "/")), key=lambda k: -pc[k]):
-            row("  " + k, ph[k], pc[k])
-    row("rest of the step (prompts, checks, records, gold)", step - sum(ph[n] for n in top if n in ph),
-        step_cpu - sum(pc[n] for n in top if n in pc))
-    print("peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in res["rss_mb"].items()))
-    print("\ntorch.profiler, one more step (profiler overhead inflates small ops):")
-    print(res["profiler_table"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", default=DEFAULT_MODEL)
@@ -415,13 +291,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--gold", action="store_true", help="also run our VADER gold judge each step (TRL has none)")
     ap.add_argument("--only", choices=("ours", "trl"), help="measure one trainer only")
+    ap.add_argument("--rounds", type=int, default=2, help="race rounds, alternating which trainer goes first "
+                    "(ours-TRL, TRL-ours, ...); each trainer's measured steps are pooled over the rounds")
     ap.add_argument("--profile", action="store_true", help="profile our step instead of racing")
     ap.add_argument("--child", choices=("ours", "trl", "make-rm", "profile"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
-        fn = {"ours": child_ours, "trl": child_trl, "make-rm": child_make_rm, "profile": child_profile}[args.child]
+        if args.child == "profile":
+            from ppo_profile import child_profile as fn
+        else:
+            fn = {"ours": child_ours, "trl": child_trl, "make-rm": child_make_rm}[args.child]
         if os.environ.get("BENCH_COUNT_FLOPS"):  # benchmarks/bench_compute_floor.py: count, don't time
             from torch.utils.flop_counter import FlopCounterMode
             with FlopCounterMode(display=False) as counter:
@@ -448,6 +329,7 @@ def main() -> None:
             res = run_child("profile", args, tmp, env)
             if "error" in res:
                 raise SystemExit(res["error"])
+            from ppo_profile import print_profile
             print_profile(res)
             print(json.dumps({"ours_profile_s_step": round(res["step_s"], 4),
                               "ours_profile_cpu_s_step": round(res["step_cpu_s"], 4),
@@ -456,18 +338,22 @@ def main() -> None:
         print(f"policy {args.policy}\nreward model {rm_note}\nbatch {args.batch_size}, response_length "
               f"{args.response_length}, {args.ppo_epochs} PPO epochs x 1 minibatch, lr {args.lr}, temperature 1, "
               f"EOS stops; {args.steps} steps each, first {args.warmup} excluded; device {args.device}")
-        results = {}
-        for kind in ("ours", "trl"):
-            if args.only and args.only != kind:
-                continue
-            res = run_child(kind, args, tmp, env)
-            if "error" in res:
-                print(f"{kind}: {res['error']}")
-                if kind == "ours":
-                    raise SystemExit(1)
-                continue
-            results[kind] = {**steady(res, args.warmup, args.batch_size), "setup_s": res["setup_s"],
-                             "threads": res["threads"], "rss_imports_mb": res["rss_imports_mb"]}
+        # Alternating the order cancels a slow drift of the machine's speed (this VM's wanders +-20%).
+        per_round: dict[str, list] = {}
+        for r in range(args.rounds):
+            for kind in ("ours", "trl")[::-1 if r % 2 else 1]:
+                if (args.only and args.only != kind) or (kind == "trl" and r and "trl" not in per_round):
+                    continue
+                res = run_child(kind, args, tmp, env)
+                if "error" in res:
+                    print(f"{kind}: {res['error']}")
+                    if kind == "ours":
+                        raise SystemExit(1)
+                    continue
+                per_round.setdefault(kind, []).append(
+                    {**steady(res, args.warmup, args.batch_size), "setup_s": res["setup_s"],
+                     "threads": res["threads"], "rss_imports_mb": res["rss_imports_mb"]})
+        results = {kind: pooled(rs, args.batch_size) for kind, rs in per_round.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -479,6 +365,9 @@ def main() -> None:
               f"{r['rss_mb']:>12.0f} {r['rss_imports_mb']:>16.0f} {r['setup_s']:>8.1f} {r['threads']:>8}")
     for kind, r in results.items():
         print(f"{kind} per-step seconds: {r['steps']}")
+    if len(per_round.get("trl", [])) > 1 and len(per_round["trl"]) == len(per_round["ours"]):
+        print("ratio per round: " + ", ".join(f"{o['eps'] / t['eps']:.2f}x"
+                                             for o, t in zip(per_round["ours"], per_round["trl"])))
     ours, trl = results.get("ours"), results.get("trl")
     fig = {"ours_eps": round(ours["eps"], 2) if ours else None, "trl_eps": round(trl["eps"], 2) if trl else None,
            "ratio": None, "ours_rss_mb": round(ours["rss_mb"], 1) if ours else None,
@@ -489,7 +378,7 @@ def main() -> None:
            "trl_cpu_s_step": round(trl["cpu_s_step"], 4) if trl else None,
            "ours_resp_len": round(ours["resp_len"], 2) if ours else None,
            "trl_resp_len": round(trl["resp_len"], 2) if trl else None,
-           "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}
+           "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "batch_size": args.batch_size}
     if ours and trl:
         fig["ratio"] = round(ours["eps"] / trl["eps"], 2)
         fig["goal_met"] = bool(fig["ratio"] >= 2 and ours["rss_mb"] <= trl["rss_mb"])
