@@ -114,6 +114,38 @@ def load_scalar_model(path: str, device: torch.device | None = None, trainable: 
     return model
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere: nn.Dropout modules and the float rates attention modules keep
+    (Llama-style attention reads `self.attention_dropout` in training mode)."""
+    for sub in model.modules():
+        if isinstance(sub, torch.nn.Dropout):
+            sub.p = 0.0
+        for name in ("attention_dropout", "attn_dropout", "dropout"):
+            if isinstance(getattr(sub, name, None), float):
+                setattr(sub, name, 0.0)
+
+
+def packing_refusal(model: PreTrainedModel) -> str | None:
+    """Why this model cannot run packed rows (core.seq_packing, core.pair_packing), or None.
+
+    Packing hands the model a custom 4D mask and restarted position_ids. That is exact only for
+    full attention through sdpa or eager: flash-attention reads a 4D float mask as a padding mask
+    (on CUDA an out-of-range index, which kills the context), a sliding window lives in the mask
+    transformers builds and would be dropped, and conv / SSM / linear-attention layers ignore
+    masks and mix neighbouring sequences. A check on one batch cannot see these reliably (short
+    sequences fit any window), so they are refused up front."""
+    cfg = model.config
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} (packing needs sdpa or eager)"
+    kinds = set(getattr(cfg, "layer_types", None) or [])
+    if kinds - {"full_attention"}:
+        return f"layer types {sorted(kinds)} (packing needs full attention in every layer)"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
+        return f"sliding-window attention (window {cfg.sliding_window})"
+    return None
+
+
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
     """The transformer under a task head (GPT2's `transformer`, Llama's `model`, ...)."""
     return getattr(model, model.base_model_prefix)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import backbone, score_head, sequence_scores
+from .models import backbone, packing_refusal, score_head, sequence_scores
 from .scoring import pad_right
 
 PREFIX, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment of each position in a packed row
@@ -106,7 +106,10 @@ def packed_scores(model, batch: PackedPairs) -> torch.Tensor:
 def packing_works(model, chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
                   device=None, atol: float = 1e-3) -> bool:
     """Do packed rows score as the plain padded rows do, for this model? (A model that reads
-    positions from the 2D mask, or ignores 4D masks, would fail here instead of training wrong.)"""
+    positions from the 2D mask, or ignores 4D masks, would fail here instead of training wrong.)
+    Models that packing cannot serve by construction (models.packing_refusal) are not even tried."""
+    if packing_refusal(model):
+        return False
     was_training = model.training
     model.eval()
     try:

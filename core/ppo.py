@@ -17,8 +17,8 @@ import torch
 from . import rl
 from .config import GenerationConfig, PPOConfig
 from .generation import Samples, decode_responses, generate, response_logits
-from .models import autocast, score_head, token_scores
-from .seq_packing import pack_batch, packed_hidden, unpack
+from .models import autocast, packing_refusal, score_head, token_scores
+from .seq_packing import PackedBatch, pack_batch, packed_hidden, unpack
 from .scoring import score_texts
 
 
@@ -110,9 +110,14 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
 PACK_IF_BELOW = 0.9  # pack a batch when that leaves under 90% of its padded slots (else the gathers cost more)
 
 
-def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: bool | None):
+Packing = bool | PackedBatch | None  # None: as the run decided; True / False: force; a PackedBatch: use it
+
+
+def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: Packing):
     """The packed batch to use, or None for the padded forward. `packed` overrides the model check
     and the gain test (the equivalence tests compare both paths on the same batch)."""
+    if isinstance(packed, PackedBatch):
+        return packed
     if not (m.packed if packed is None else packed):
         return None
     pb = pack_batch(ids, mask)
@@ -120,7 +125,7 @@ def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: bool | No
 
 
 def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
-                  packed: bool | None = None) -> torch.Tensor:
+                  packed: Packing = None) -> torch.Tensor:
     """(B, P + T) -> (B, T, V): the logits that predicted each response token."""
     pb = _packing(m, ids, mask, packed)
     if pb is None:
@@ -129,7 +134,7 @@ def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: in
     return model.get_output_embeddings()(hidden).float() / temperature
 
 
-def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: bool | None = None) -> torch.Tensor:
+def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: Packing = None) -> torch.Tensor:
     """(B, P + T) -> (B, T): V of the state each response token was sampled from."""
     pb = _packing(m, ids, mask, packed)
     if pb is None:
@@ -140,15 +145,21 @@ def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, pack
 
 @torch.no_grad()
 def packing_agrees(m: Models, samples: Samples, atol: float = 1e-3) -> bool:
-    """Do the packed forwards give the padded ones' logits and values on this batch (fp32)?
-    A model that reads positions from the 2D mask (BLOOM's ALiBi), ignores 4D masks, or scales its
-    logits outside the LM head would disagree here, and the run then pads."""
+    """Do the packed forwards give the padded ones' sampled-token logprobs and values on this
+    batch (fp32)? A model that reads positions from the 2D mask (BLOOM's ALiBi), ignores 4D masks,
+    or scales its logits outside the LM head would disagree here, and the run then pads. Rows
+    hold up to twice the longest sequence, so sequences share rows even when the batch's own
+    packing would give each its own row (then both paths compute the same thing and prove nothing)."""
+    if any(packing_refusal(model) for model in (m.policy, m.critic)):
+        return False
     ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
     real = samples.response_mask.bool()
     try:
-        for f in (lambda pk: policy_logits(m, m.policy, ids, mask, P, 1.0, packed=pk),
+        shared = pack_batch(ids, mask, capacity=2 * int(mask.sum(1).max()), fewest_slots=False)
+        for f in (lambda pk: rl.logprobs_from_logits(policy_logits(m, m.policy, ids, mask, P, 1.0, packed=pk),
+                                                     samples.responses),
                   lambda pk: critic_values(m, ids, mask, P, packed=pk)):
-            if not torch.allclose(f(True)[real], f(False)[real], atol=atol, rtol=1e-3):
+            if not torch.allclose(f(shared)[real], f(False)[real], atol=atol, rtol=1e-3):
                 return False
         return True
     except Exception:  # noqa: BLE001 - any failure of the packed forward means: do not pack

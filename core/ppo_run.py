@@ -22,7 +22,7 @@ import torch
 from . import rl
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PPOConfig, save_config
-from .models import load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
+from .models import disable_dropout, load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
 from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
                   score, token_records, update)
 from .jobs import JOBS, Job
@@ -78,9 +78,7 @@ def load_models(cfg: PPOConfig, device, policy_from: str | None = None, critic_f
     critic_src = critic_from or (cfg.reward_model if cfg.critic_init == "reward" else cfg.policy)
     critic = load_scalar_model(critic_src, device, trainable=True, pad_token_id=tok.pad_token_id)
     for mod in (policy, critic):  # dropout would make "old" logprobs disagree with the sampled ones
-        for sub in mod.modules():
-            if isinstance(sub, torch.nn.Dropout):
-                sub.p = 0.0
+        disable_dropout(mod)
     return Models(policy, critic, reward, tok, reward_tok, reference)
 
 

@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from .config import RewardConfig, save_config
-from .models import autocast, check_model_dir, load_scalar_model, sequence_scores
+from .models import autocast, check_model_dir, disable_dropout, load_scalar_model, sequence_scores
 from .pair_packing import PackedPairs, pack_pairs, packed_length, packed_scores, packing_works
 from .reward_data import Pairs, prepare_data
 from .rl import pairwise_loss
@@ -183,12 +183,11 @@ def _train(cfg: RewardConfig, run: Run, accelerator: Accelerator) -> Path:
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the <pad> we added
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    for m in model.modules():  # dropout makes chosen and rejected scores noisy; TRL disables it too
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
+    disable_dropout(model)  # dropout makes chosen and rejected scores noisy; TRL disables it too
     pad = tokenizer.pad_token_id
     probe = list(range(min(8, len(train))))  # the same pairs on every rank, so all ranks agree
     packed = packing_works(model, [train.chosen[i] for i in probe], [train.rejected[i] for i in probe], pad, device)
+    packed = bool(accelerator.gather(torch.tensor([float(packed)], device=device)).min() > 0)  # all ranks alike
     run.set_status(packed_pairs=packed)
     scorer = accelerator.prepare(_Scorer(model, packed))
     params = [p for p in model.parameters() if p.requires_grad]

@@ -8,7 +8,8 @@ causal mask, so every token sees exactly what it saw in the padded batch. `unpac
 hidden states back into the (B, P + T) layout the losses use.
 
 Same contract as core.pair_packing: the model must take a custom 4D mask and read positions from
-position_ids; core.ppo checks its models on the first real batch and pads where they disagree.
+position_ids; models.packing_refusal turns away flash-attention, sliding windows and non-attention
+layers, and core.ppo checks the rest on the first real batch and pads where they disagree.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from .models import backbone
 
-PACK_TOKENS = 128  # the longest row considered; a longer sequence gets a row of its own
+PACK_TOKENS = 128  # the longest row considered (a longer sequence sets the row length itself)
 
 
 @dataclass
@@ -61,13 +62,17 @@ def _best_rows(lengths: list[int], max_capacity: int) -> list[list[int]]:
     return best
 
 
-def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = PACK_TOKENS) -> PackedBatch:
-    """(B, C) ids and mask whose 1s are contiguous in each row (left pad, prompt, response, pad)."""
+def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = PACK_TOKENS,
+               fewest_slots: bool = True) -> PackedBatch:
+    """(B, C) ids and mask whose 1s are contiguous in each row (left pad, prompt, response, pad).
+    fewest_slots: pick the capacity up to `capacity` that wastes least; else first-fit at `capacity`."""
     B, C = input_ids.shape
     mask = attention_mask.bool().cpu()
     first = torch.where(mask.any(1), mask.float().argmax(1), torch.zeros(B, dtype=torch.long))  # (B,)
     lengths = mask.sum(1).clamp(min=1)  # (B,) an all-pad row still gets one slot, so it maps somewhere
-    rows = _best_rows(lengths.tolist(), capacity)
+    if ((torch.diff(mask.long(), dim=1, prepend=torch.zeros(B, 1, dtype=torch.long)) == 1).sum(1) > 1).any():
+        raise ValueError("pack_batch needs each row's real tokens in one contiguous run")
+    rows = (_best_rows if fewest_slots else _first_fit)(lengths.tolist(), capacity)
     L = max(int(lengths[r].sum()) for r in rows)
     ids_cpu = input_ids.cpu()
     ids = torch.zeros((len(rows), L), dtype=input_ids.dtype)

@@ -1,11 +1,12 @@
 """core.pair_packing: one row per preference pair scores exactly as two padded rows do."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BloomConfig
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BloomConfig, LlamaConfig,
+                          MistralConfig)
 
 from core.pair_packing import (CHOSEN, PAD, PREFIX, REJECTED, block_mask, pack_pairs, packed_scores,
                                packing_works)
-from core.models import sequence_scores
+from core.models import disable_dropout, sequence_scores
 from core.scoring import pad_right
 
 from core.config import RewardConfig
@@ -85,6 +86,27 @@ def test_packing_works_says_no_for_a_model_that_reads_positions_from_the_mask(ti
     model = AutoModelForSequenceClassification.from_config(tiny_bloom(tiny_tokenizer, 1)).eval()
     chosen, rejected = _pairs(tiny_tokenizer)
     assert not packing_works(model, chosen, rejected, tiny_tokenizer.pad_token_id)
+
+
+def test_packing_works_says_no_for_a_sliding_window_model_even_on_pairs_inside_the_window(tiny_tokenizer):
+    cfg = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                        sliding_window=64, pad_token_id=tiny_tokenizer.pad_token_id, num_labels=1)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    chosen, rejected = _pairs(tiny_tokenizer)
+    assert max(map(len, chosen + rejected)) < 64  # packed == padded here, but not for longer pairs later
+    assert not packing_works(model, chosen, rejected, tiny_tokenizer.pad_token_id)
+
+
+def test_dropout_is_off_everywhere_including_float_attention_rates():
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, attention_dropout=0.5, num_labels=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").train()
+    ids = torch.randint(1, 50, (2, 12))
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout on: two forwards differ
+    disable_dropout(model)
+    assert torch.equal(model(ids).logits, model(ids).logits)
 
 
 def test_training_falls_back_to_padding_where_packing_is_wrong(tmp_path, tiny_tokenizer):

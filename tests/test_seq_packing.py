@@ -1,9 +1,14 @@
 """core.seq_packing and core.ppo's packed forwards: the same logits, values and gradients as padding."""
+from types import SimpleNamespace
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Lfm2Config, MistralConfig,
+                          Qwen2Config)
 
+import core.ppo as ppo
 from core.generation import Samples
+from core.models import packing_refusal
 from core.ppo import Models, critic_values, packing_agrees, policy_logits
 from core.seq_packing import pack_batch, packed_mask
 
@@ -94,3 +99,53 @@ def test_a_model_that_reads_positions_from_the_mask_is_not_packed(tiny_tokenizer
     m = Models(policy, critic, critic, tiny_tokenizer, tiny_tokenizer)
     assert not packing_agrees(m, batch(tiny_tokenizer))
 
+
+
+def lfm2(tokenizer, num_labels=None):
+    """A hybrid model: a short convolution layer (which never reads the attention mask) + attention."""
+    cfg = Lfm2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
+                     initializer_range=0.5, max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id,
+                     bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def equal_lengths(tokenizer, B=6, P=4, T=6):
+    """Step 1 of a run: same-length prompts, no response stopped yet, so every sequence is as long
+    as the others and the batch's own packing would give each its own row."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, len(tokenizer), (B, P + T), generator=g)
+    mask = torch.ones_like(ids)
+    assert pack_batch(ids, mask).input_ids.shape[0] == B  # one sequence per row: a probe there proves nothing
+    return Samples(ids, mask, mask[:, P:].clone(), torch.zeros(B, T), P)
+
+
+def test_the_check_shares_rows_even_when_the_batch_would_not(tiny_tokenizer, monkeypatch):
+    # a conv layer mixes neighbouring sequences of a row; with one sequence per row, packed and
+    # padded would agree, so the check must build rows that hold several sequences
+    m = Models(lfm2(tiny_tokenizer), models("gpt2", tiny_tokenizer, "sdpa").critic, None, tiny_tokenizer, tiny_tokenizer)
+    assert "conv" in packing_refusal(m.policy)
+    monkeypatch.setattr(ppo, "packing_refusal", lambda model: None)  # the check alone must catch it
+    assert not packing_agrees(m, equal_lengths(tiny_tokenizer))
+
+
+def test_models_packing_cannot_serve_are_refused_up_front(tiny_tokenizer):
+    common = dict(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  pad_token_id=tiny_tokenizer.pad_token_id)
+    windowed = AutoModelForCausalLM.from_config(MistralConfig(sliding_window=16, **common))
+    assert "sliding-window" in packing_refusal(windowed)
+    # a window short batches never reach: the check on them would pass, so it is refused by config
+    m = Models(windowed, models("gpt2", tiny_tokenizer, "sdpa").critic, None, tiny_tokenizer, tiny_tokenizer)
+    assert not packing_agrees(m, batch(tiny_tokenizer))
+    assert packing_refusal(AutoModelForCausalLM.from_config(MistralConfig(sliding_window=None, **common))) is None
+    assert packing_refusal(AutoModelForCausalLM.from_config(Qwen2Config(**common))) is None  # window off by default
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert "flash_attention_2" in packing_refusal(flash)
+
+
+def test_pack_batch_refuses_a_mask_with_holes():
+    ids = torch.arange(8).reshape(2, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        pack_batch(ids, torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0]]))
