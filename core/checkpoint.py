@@ -77,6 +77,12 @@ def save_checkpoint(run, step: int, models, optimizers: list, kl_ctl, cfg) -> Pa
     return final
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run or of one of its checkpoints (<run>/checkpoints/step-N)."""
+    p = Path(path)
+    return p.parent.parent if (p / "trainer_state.json").exists() and p.parent.name == "checkpoints" else p
+
+
 def latest_checkpoint(path: str | Path) -> Path | None:
     """The newest complete checkpoint of a run directory, or `path` itself if it is one."""
     p = Path(path)

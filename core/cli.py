@@ -28,7 +28,8 @@ def main(argv=None) -> None:
         p.add_argument("--config", help="YAML file of config fields")
         p.add_argument("overrides", nargs="*", help="key=value field overrides")
         if name == "ppo":
-            p.add_argument("--resume", help="run directory (or checkpoint directory) to resume from")
+            p.add_argument("--resume", help="run directory (or checkpoint directory) to resume from; without "
+                           "--config it keeps the run's own config.yaml (e.g. `--resume runs/x steps=400` extends it)")
     p = sub.add_parser("export", help="write labelled pairs in TRL's preference format")
     p.add_argument("--db", required=True)
     p.add_argument("--out", required=True, help="FILE.jsonl or FILE.parquet")
@@ -48,9 +49,15 @@ def main(argv=None) -> None:
             from .reward_training import train_reward_model
             train_reward_model(load_config(RewardConfig, args.config, args.overrides))
         elif args.cmd == "ppo":
+            from .checkpoint import run_dir_of
             from .config import PPOConfig, load_config
             from .ppo_run import run_ppo
-            if run_ppo(load_config(PPOConfig, args.config, args.overrides), resume=args.resume) == "failed":
+            config = args.config
+            if args.resume and not config:  # continue with the run's own settings (overrides still apply)
+                config = run_dir_of(args.resume) / "config.yaml"
+                if not config.is_file():
+                    raise FileNotFoundError(f"{config} not found: pass --config for this run")
+            if run_ppo(load_config(PPOConfig, config, args.overrides), resume=args.resume) == "failed":
                 sys.exit(1)  # the reason is printed above and kept in the run's status.json / error.log
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

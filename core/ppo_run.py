@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import rl
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from .config import PPOConfig, save_config
 from .models import disable_dropout, load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
 from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
@@ -295,7 +295,7 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None) -> str:
         raise ValueError("output_dir is required under accelerate launch")
     check_config(cfg, dist.world)  # a bad config is an error now, not a failed run directory
     # where the GUI looks (./workspace/runs, its default workspace), so a CLI run shows up there too
-    out = cfg.output_dir or (resume or str(new_run_dir("workspace", "ppo")))
+    out = cfg.output_dir or str(run_dir_of(resume) if resume else new_run_dir("workspace", "ppo"))
     cfg.output_dir = out
     run = Run(out, "ppo", is_main=dist.is_main)
     state = run_to_completion(run, lambda r: ppo_body(cfg, r, resume))

@@ -88,6 +88,21 @@ def test_resume_continues_without_gap_or_duplicate(dirs, tmp_path):
     assert state["step"] == 5
 
 
+def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
+    from core.cli import main
+    out = tmp_path / "run"
+    assert run_ppo(cfg_for(dirs, out, steps=3, save_every=2, batch_size=3)) == "finished"
+    # no --config: the run's own config.yaml (batch 3, not the default 32); a checkpoint path
+    # stands for its run; steps=5 is an override on top
+    main(["ppo", "--resume", str(out / "checkpoints" / "step-000003"), "steps=5"])
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
+    assert read_status(out)["total_steps"] == 5
+    assert "batch_size: 3" in (out / "config.yaml").read_text()
+    assert not (out / "checkpoints" / "step-000003" / "metrics.jsonl").exists()
+    with pytest.raises(SystemExit, match="config.yaml not found"):
+        main(["ppo", "--resume", str(tmp_path / "nowhere")])
+
+
 def test_nan_score_fails_the_run_and_names_it(dirs, tmp_path, monkeypatch):
     import core.ppo as ppo
     real = ppo.score_texts

@@ -3,6 +3,7 @@ synthetic trends, incremental jsonl reading, and the tab's handlers on a real (t
 import json
 import random
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -232,7 +233,10 @@ def ws(tmp_path_factory, tiny_tokenizer):
 def test_choices_list_reward_models_final_policies_and_runs(ws):
     assert [v for _, v in ppo_logic.reward_model_choices(ws)] == [str(ws.root / "runs" / "reward-tiny" / "model")]
     assert [v for _, v in ppo_logic.policy_choices(ws)] == [ws.model_path, str(ws.root / "runs" / "ppo-done" / "model")]
-    assert ppo_logic.resumable_choices(ws) == []  # finished runs are not resumable
+    done = str(ws.root / "runs" / "ppo-done")
+    assert [v for _, v in ppo_logic.resumable_choices(ws)] == [done]  # a finished run can go on with more steps
+    ok, msg, _ = ppo_logic.resume(ws, done)
+    assert not ok and "already reached its 3 steps" in msg and "more steps" in msg
     assert ppo_logic.current_run(ws, "") == str(ws.root / "runs" / "ppo-done")
     assert ppo_logic.default_config(ws).reward_model.endswith("reward-tiny/model")
 
@@ -304,9 +308,12 @@ def test_start_stop_and_resume_a_job(ws):
     finally:
         JOBS.stop(ws.root, "ppo")
         JOBS.wait(ws.root, "ppo", timeout=60)
-    assert [v for _, v in ppo_logic.resumable_choices(ws)] == [path]
-    ok, msg, _ = ppo_logic.resume(ws, path)
+    assert path in [v for _, v in ppo_logic.resumable_choices(ws)]
+    ok, msg, _ = ppo_logic.resume(ws, path, -1)
+    assert not ok and "positive" in msg
+    ok, msg, _ = ppo_logic.resume(ws, path, 5)
     assert ok, msg
+    assert "to step 205" in msg and "steps: 205" in (Path(path) / "config.yaml").read_text()
     JOBS.stop(ws.root, "ppo")
     JOBS.wait(ws.root, "ppo", timeout=60)
     steps = ppo_logic.metrics_df(path)["step"].tolist()

@@ -170,11 +170,11 @@ def policy_choices(ws) -> list[tuple[str, str]]:
 
 
 def resumable_choices(ws) -> list[tuple[str, str]]:
-    """Stopped, failed or interrupted PPO runs that have a checkpoint and a config to continue from."""
+    """Stopped, failed, interrupted or finished PPO runs that have a checkpoint and a config to continue from."""
     out = []
     for r in ppo_runs(ws):
         r["state"] = state_of(r)
-        if r["state"] in ("stopped", "failed", "interrupted") and (Path(r["path"]) / "config.yaml").exists():
+        if r["state"] in ("stopped", "failed", "interrupted", "finished") and (Path(r["path"]) / "config.yaml").exists():
             ckpt = latest_checkpoint(r["path"])
             if ckpt is not None:
                 out.append((f"{r['name']} ({r['state']} at step {r.get('step', '?')}, checkpoint {ckpt.name})",
@@ -216,21 +216,28 @@ def start(ws, names: list[str], values) -> tuple[bool, str, str]:
     return True, f"Started PPO run `{run.path.name}`.", str(run.path)
 
 
-def resume(ws, run_path: str) -> tuple[bool, str, str]:
-    """Continue a stopped/failed run from its latest checkpoint, with its own config.yaml."""
+def resume(ws, run_path: str, add_steps=0) -> tuple[bool, str, str]:
+    """Continue a stopped, failed or finished run from its latest checkpoint, with its own
+    config.yaml; `add_steps` raises its step count (how a finished run goes on)."""
     if not run_path:
-        return False, "Pick a stopped or failed run with a checkpoint to resume.", ""
+        return False, "Pick a run with a checkpoint to resume.", ""
     try:
+        add = int(add_steps or 0)
+        if add < 0:
+            raise ValueError("more steps must be 0 or a positive number")
         if latest_checkpoint(run_path) is None:
             raise ValueError(f"{Path(run_path).name} has no checkpoint to resume from")
         cfg = load_config(PPOConfig, Path(run_path) / "config.yaml")
+        cfg.steps += add
         if read_status(run_path).get("step", 0) >= cfg.steps:
-            raise ValueError(f"{Path(run_path).name} already reached its {cfg.steps} steps")
+            raise ValueError(f"{Path(run_path).name} already reached its {cfg.steps} steps: "
+                             "set 'more steps' to continue it")
         check_config(cfg)
         run = start_ppo_job(ws.root, cfg, resume=run_path)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         return False, f"Cannot resume: {e}", ""
-    return True, f"Resumed `{run.path.name}` from {latest_checkpoint(run_path).name}.", str(run.path)
+    return (True, f"Resumed `{run.path.name}` from {latest_checkpoint(run_path).name}, "
+                  f"to step {cfg.steps}.", str(run.path))
 
 
 def stop(ws, run_path: str) -> str:

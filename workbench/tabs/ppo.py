@@ -85,8 +85,10 @@ def build(ws) -> gr.Timer:
                 start_btn = gr.Button("Start", variant="primary", elem_id="ppo-start")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="ppo-stop")
             with gr.Row():
-                resume_pick = gr.Dropdown(logic.resumable_choices(ws), value=None, label="Resume a stopped run",
+                resume_pick = gr.Dropdown(logic.resumable_choices(ws), value=None, label="Resume a run",
                                           info="Continues from its latest checkpoint with its own config.", scale=3)
+                more_steps = gr.Number(0, label="more steps", precision=0, minimum=0, scale=1,
+                                       info="added to its step count (continues a finished run)")
                 resume_btn = gr.Button("Resume", scale=1, elem_id="ppo-resume")
             message = gr.Markdown(elem_id="ppo-message")
     inputs = [policy, reward_model, prompts, *form.components]
@@ -116,8 +118,8 @@ def build(ws) -> gr.Timer:
             return msg, gr.skip(), gr.skip()
         return msg, "", ""  # show the new run: the running one
 
-    def on_resume(path):
-        ok, msg, _ = logic.resume(ws, path)
+    def on_resume(path, more):
+        ok, msg, _ = logic.resume(ws, path, more)
         if not ok:
             gr.Warning(msg)
             return msg, gr.skip(), gr.skip()
@@ -154,7 +156,7 @@ def build(ws) -> gr.Timer:
         return (sig, head, warning, curves_now, table, *listed)
 
     start_btn.click(on_start, inputs=inputs, outputs=[message, shown, run_pick])
-    resume_btn.click(on_resume, inputs=resume_pick, outputs=[message, shown, run_pick])
+    resume_btn.click(on_resume, inputs=[resume_pick, more_steps], outputs=[message, shown, run_pick])
     stop_btn.click(on_stop, inputs=shown, outputs=message)
     run_pick.input(lambda v: v or "", inputs=run_pick, outputs=shown)
     run_dir.submit(lambda v: (v or "").strip(), inputs=run_dir, outputs=shown)
