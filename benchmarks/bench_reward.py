@@ -167,7 +167,8 @@ def main() -> None:
     stats = json.loads((Path(args.model) / "training_stats.json").read_text()) \
         if (Path(args.model) / "training_stats.json").exists() else {}
 
-    fmt = lambda x, f="{:.2f}": "n/a (trl not installed)" if x is None else f.format(x)  # noqa: E731
+    why_none = "n/a (skipped)" if not args.trl_steps else "n/a (trl not installed)"
+    fmt = lambda x, f="{:.2f}": why_none if x is None else f.format(x)  # noqa: E731
     print(f"\nmodel {args.model} (LM trained {stats.get('minutes', '?')} min), {torch.get_num_threads()} threads")
     print(f"pairs sampled in {sample_s:.0f}s; train {n_train}, val {args.val}; "
           f"{noisy} labels disagree with the deterministic preference ({100 * noisy / len(pairs):.0f}%)")
@@ -179,7 +180,8 @@ def main() -> None:
         ("train_reward_model wall seconds", f"{wall:.1f}"),
         ("ours pairs/s", f"{ours:.1f}"),
         (f"TRL pairs/s, fair: fp32, no grad ckpt ({args.trl_steps} steps)", fmt(trl_fair, "{:.1f}")),
-        (f"TRL pairs/s, defaults: bf16 + grad ckpt ({args.trl_default_steps} steps)", fmt(trl_default, "{:.2f}")),
+        (f"TRL pairs/s, defaults: bf16 + grad ckpt ({args.trl_default_steps} steps)",
+         "n/a (skipped)" if not args.trl_default_steps else fmt(trl_default, "{:.2f}")),
         ("speed ratio vs fair TRL", fmt(ratio)),
     ]:
         print(f"{name:52s} {value}")
