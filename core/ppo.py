@@ -175,15 +175,16 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
     device = ids.device
     if m.packed is None:
         m.packed = packing_agrees(m, samples)
+    packed = _packing(m, ids, mask, None) or False  # one packing for both forwards
     with autocast(device):
         if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
             with m.policy.disable_adapter():
-                ref_logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature)
+                ref_logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature, packed)
         else:
-            ref_logits = policy_logits(m, m.reference, ids, mask, P, cfg.temperature)
+            ref_logits = policy_logits(m, m.reference, ids, mask, P, cfg.temperature, packed)
         ref_logprobs = rl.logprobs_from_logits(ref_logits, samples.responses) * rmask  # (B, T)
         del ref_logits
-        values = critic_values(m, ids, mask, P) * rmask  # (B, T)
+        values = critic_values(m, ids, mask, P, packed) * rmask  # (B, T)
     rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
                                    cfg.kl_estimator)  # clipping already done in score()
     advantages, returns = rl.gae(rewards, values, rmask, cfg.gamma, cfg.lam)
@@ -192,20 +193,22 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
 
 
 # ---------------------------------------------------------------- 4. update
-def trimmed(exp: Experience, idx: torch.Tensor):
-    """The rows `idx`, without trailing columns that are padding in every one of them."""
+def trimmed(m: Models, exp: Experience, idx: torch.Tensor):
+    """The rows `idx` without trailing columns that are padding in all of them, and their packing
+    (made once here for both the policy and the critic forward; False = pad)."""
     P = exp.prompt_len
     T = int(exp.response_mask[idx].sum(1).max().clamp(min=1))
-    return exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T], exp.response_mask[idx, :T].float(), T
+    ids, mask = exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T]
+    return ids, mask, exp.response_mask[idx, :T].float(), T, _packing(m, ids, mask, None) or False
 
 
 def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig,
-                log_entropy: bool) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate (- entropy bonus) on rows `idx`."""
-    ids, mask, rmask, T = trimmed(exp, idx)
+                log_entropy: bool, rows) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (- entropy bonus) on rows `idx`; `rows` = trimmed(m, exp, idx)."""
+    ids, mask, rmask, T, packed = rows
     P = exp.prompt_len
     with autocast(ids.device):
-        logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature)  # (b, T, V)
+        logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature, packed)  # (b, T, V)
         logprobs = rl.logprobs_from_logits(logits, ids[:, P:])
         loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
         stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
@@ -219,11 +222,11 @@ def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor
     return loss, stats
 
 
-def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss on rows `idx`."""
-    ids, mask, rmask, T = trimmed(exp, idx)
+def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, rows) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss on rows `idx`; `rows` = trimmed(m, exp, idx)."""
+    ids, mask, rmask, T, packed = rows
     with autocast(ids.device):
-        values = critic_values(m, ids, mask, exp.prompt_len)  # (b, T)
+        values = critic_values(m, ids, mask, exp.prompt_len, packed)  # (b, T)
         loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
     return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 
@@ -255,10 +258,11 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
                 idx = mb[ms:ms + micro]
                 weight = exp.response_mask[idx].sum() / mb_tokens * dist.world
                 # Policy backward before the critic's forward: the two graphs never live together.
-                pg_loss, stats = policy_part(m, exp, idx, adv, cfg, log_entropy=epoch == 0)
+                rows = trimmed(m, exp, idx)
+                pg_loss, stats = policy_part(m, exp, idx, adv, cfg, epoch == 0, rows)
                 check_finite("loss/policy", pg_loss.detach(), step)
                 (pg_loss * weight).backward()
-                vf_loss, vstats = value_part(m, exp, idx, cfg)
+                vf_loss, vstats = value_part(m, exp, idx, cfg, rows)
                 check_finite("loss/value", vf_loss.detach(), step)
                 (cfg.vf_coef * vf_loss * weight).backward()
                 stats.update(vstats)
