@@ -27,6 +27,15 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def distributed_on_cpu() -> bool:
+    """Whether accelerate's processes talk over gloo on the CPU: no CUDA, `accelerate launch --cpu`, or
+    RLHF_DEVICE=cpu. accelerate's PartialState() needs `cpu=True` to see a CPU process group at all;
+    without it every process of `accelerate launch --multi_gpu` on a CPU machine runs alone."""
+    from accelerate.utils import parse_flag_from_env
+    return (not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+            or pick_device().type == "cpu")
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; full fp32 on CPU (no bf16 units on our CPUs, and fp32 is exact)."""
     if device.type == "cuda":

@@ -61,8 +61,14 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
-def check_finite(name: str, x: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(x).all():
+def check_finite(name: str, x: torch.Tensor, step: int, dist=None) -> None:
+    """Raise NonFiniteError for NaN/Inf in x. With `dist` (several processes) every process raises
+    at the same point when one of them has it, so none waits in a collective the others left."""
+    bad = not bool(torch.isfinite(x).all())
+    if dist is not None and dist.world > 1:
+        if dist.any(bad):
+            raise NonFiniteError(f"{name} is NaN or Inf at step {step}" + ("" if bad else " (on another process)"))
+    elif bad:
         raise NonFiniteError(f"{name} is NaN or Inf at step {step}")
 
 
@@ -260,10 +266,10 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
                 # Policy backward before the critic's forward: the two graphs never live together.
                 rows = trimmed(m, exp, idx)
                 pg_loss, stats = policy_part(m, exp, idx, adv, cfg, epoch == 0, rows)
-                check_finite("loss/policy", pg_loss.detach(), step)
+                check_finite("loss/policy", pg_loss.detach(), step, dist)
                 (pg_loss * weight).backward()
                 vf_loss, vstats = value_part(m, exp, idx, cfg, rows)
-                check_finite("loss/value", vf_loss.detach(), step)
+                check_finite("loss/value", vf_loss.detach(), step, dist)
                 (cfg.vf_coef * vf_loss * weight).backward()
                 stats.update(vstats)
                 stats["loss/total"] = pg_loss.detach() + cfg.vf_coef * vf_loss.detach()

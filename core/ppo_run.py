@@ -22,7 +22,8 @@ import torch
 from . import rl
 from .checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from .config import PPOConfig, save_config
-from .models import disable_dropout, load_policy, load_reference, load_scalar_model, load_tokenizer, pick_device
+from .models import (disable_dropout, distributed_on_cpu, load_policy, load_reference, load_scalar_model,
+                     load_tokenizer, pick_device)
 from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
                   score, token_records, update)
 from .jobs import JOBS, Job
@@ -112,7 +113,7 @@ class Dist:
 
     def __init__(self):
         from accelerate import PartialState
-        st = PartialState()
+        st = PartialState(cpu=distributed_on_cpu())
         self.rank, self.world, self.device = st.process_index, st.num_processes, st.device
         self.is_main = st.is_main_process
 
@@ -221,16 +222,16 @@ def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     uniforms = torch.rand(cfg.batch_size, cfg.response_length, generator=g)[lo:hi]
     samples = rollout(m, prompts, cfg, uniforms)
-    check_finite("logprobs", samples.logprobs, step)
+    check_finite("logprobs", samples.logprobs, step, dist)
     responses = decode_responses(m.tokenizer, samples)
     check_stop()
     t1 = time.time()
     scores, raw = score(m, prompts, responses, samples, cfg, reduce=dist.sum)
-    check_finite("score", raw, step)
+    check_finite("score", raw, step, dist)
     t2 = time.time()
     exp = make_experience(m, samples, prompts, responses, scores, raw, tr.kl_ctl.value, cfg)
-    check_finite("ref_logprobs", exp.ref_logprobs, step)
-    check_finite("values", exp.values, step)
+    check_finite("ref_logprobs", exp.ref_logprobs, step, dist)
+    check_finite("values", exp.values, step, dist)
     check_stop()
     rmask = exp.response_mask.float()
     adv = whiten_global(exp.advantages, rmask, dist) if cfg.whiten_advantages else exp.advantages
@@ -251,7 +252,7 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
     tr, start = setup(cfg, run, resume)
     if run.is_main:
         save_config(cfg, run.path / "config.yaml")
-    run.set_status(step=start, total_steps=cfg.steps)
+    run.set_status(step=start, total_steps=cfg.steps, processes=tr.dist.world)
     done = saved = start
     checkpoint = lambda step: save_checkpoint(run, step, tr.models, tr.optimizers, tr.kl_ctl, cfg)  # noqa: E731
     stop_asked = lambda: tr.dist.any(run.should_stop())  # noqa: E731  (agreed on by every process)

@@ -27,7 +27,8 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from .config import RewardConfig, save_config
-from .models import autocast, check_model_dir, disable_dropout, load_scalar_model, sequence_scores
+from .models import (autocast, check_model_dir, disable_dropout, distributed_on_cpu, load_scalar_model,
+                     sequence_scores)
 from .pair_packing import PackedPairs, pack_pairs, packed_length, packed_scores, packing_works
 from .reward_data import Pairs, prepare_data
 from .rl import pairwise_loss
@@ -188,7 +189,7 @@ def _train(cfg: RewardConfig, run: Run, accelerator: Accelerator) -> Path:
     probe = list(range(min(8, len(train))))  # the same pairs on every rank, so all ranks agree
     packed = packing_works(model, [train.chosen[i] for i in probe], [train.rejected[i] for i in probe], pad, device)
     packed = bool(accelerator.gather(torch.tensor([float(packed)], device=device)).min() > 0)  # all ranks alike
-    run.set_status(packed_pairs=packed)
+    run.set_status(packed_pairs=packed, processes=accelerator.num_processes)
     scorer = accelerator.prepare(_Scorer(model, packed))
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cpu" else {}  # one kernel for all tensors (as in PPO)
@@ -273,7 +274,7 @@ def train_reward_model(cfg: RewardConfig, run: Run | None = None) -> Path:
     records the outcome. Without it (the CLI) it makes the Run at cfg.output_dir itself, uses all
     CPU cores, and re-raises a failure after recording it, so the command exits non-zero.
     """
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=distributed_on_cpu())
     if run is not None:
         return _train(cfg, run, accelerator)
     if not cfg.output_dir:
