@@ -32,8 +32,7 @@ def distributed_on_cpu() -> bool:
     RLHF_DEVICE=cpu. accelerate's PartialState() needs `cpu=True` to see a CPU process group at all;
     without it every process of `accelerate launch --multi_gpu` on a CPU machine runs alone."""
     from accelerate.utils import parse_flag_from_env
-    return (not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
-            or pick_device().type == "cpu")
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or pick_device().type == "cpu"  # cpu when no CUDA
 
 
 def autocast(device: torch.device):

@@ -89,6 +89,7 @@ def test_resume_continues_without_gap_or_duplicate(dirs, tmp_path):
 
 
 def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
+    from core.checkpoint import run_dir_of
     from core.cli import main
     out = tmp_path / "run"
     assert run_ppo(cfg_for(dirs, out, steps=3, save_every=2, batch_size=3)) == "finished"
@@ -98,7 +99,7 @@ def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5]
     assert read_status(out)["total_steps"] == 5
     assert "batch_size: 3" in (out / "config.yaml").read_text()
-    assert not (out / "checkpoints" / "step-000003" / "metrics.jsonl").exists()
+    assert run_dir_of(out / "checkpoints" / "step-000003") == out and run_dir_of(out) == out
     with pytest.raises(SystemExit, match="config.yaml not found"):
         main(["ppo", "--resume", str(tmp_path / "nowhere")])
 
