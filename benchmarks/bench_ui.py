@@ -170,6 +170,9 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=30, help="Label clicks per phase")
     ap.add_argument("--switch-rounds", type=int, default=6, help="rounds of 5 tab switches per phase")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds on the Label tab before the first visit of the others (a person reads the page; "
+                         "the page loads Plotly in that idle time)")
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP_NUM_THREADS of the app and its training process (0: torch's default, all cores)")
     ap.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
@@ -196,6 +199,7 @@ def main() -> None:
             pg.wait_for_function("/Pair #\\d+/.test(document.querySelector('#pair-info').innerText)")
 
             # a tab's content is built on its first visit and kept: time that once, apart
+            time.sleep(args.settle)
             first_visit = {name: pg.evaluate(SWITCH_JS, [name, TAB_PROBE[name]]) for name in TABS[1:] + TABS[:1]}
             idle_clicks = label_clicks(pg, args.clicks)
             idle_switch = tab_switches(pg, args.switch_rounds)
@@ -234,7 +238,7 @@ def main() -> None:
              ("metrics.jsonl -> curve lag", [x * 1000 for x in lags], "ms")]
     print(f"\nUI latency while PPO trains ({args.policy}, batch {args.batch_size}, {steps_during} steps by the end; "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print("first visit of each tab (builds its content): " +
+    print(f"first visit of each tab (builds its content; {args.settle:g} s after the page opened): " +
           ", ".join(f"{k} {v:.0f} ms" for k, v in first_visit.items()))
     print(f"{'measure':32} {'n':>4} {'p50':>8} {'p95':>8} {'max':>8}")
     for name, xs, unit in rows:

@@ -59,6 +59,9 @@ def test_label_by_mouse_and_hotkeys(tmp_path, app_server, page):  # noqa: F811
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     open_as(page, server.url, "alice")
+    # Plotly (for the PPO and Inspect plots) loads while the page idles on the Label tab, once
+    page.wait_for_function("!!window.Plotly", timeout=30_000)
+    assert page.evaluate("document.querySelectorAll('script[src*=\"plotly.min.js\"]').length") == 1
 
     # The hostile pair is first: shown literally in read-only text fields, never as markup.
     assert shown_pair(page) == 1

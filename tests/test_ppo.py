@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from core.config import PPOConfig
+from core.config import PPOConfig, to_yaml
 from core.jobs import AUTOGROUP_NICE, GOMP_SPINCOUNT, JOBS, NICE
 from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
 from core.runs import read_metrics, read_status, read_tokens, request_stop
@@ -100,6 +100,13 @@ def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
     assert read_status(out)["total_steps"] == 5
     assert "batch_size: 3" in (out / "config.yaml").read_text()
     assert run_dir_of(out / "checkpoints" / "step-000003") == out and run_dir_of(out) == out
+    # a --config without output_dir resumes into the run it continues, not a new directory
+    other = tmp_path / "other.yaml"
+    other.write_text("\n".join(line for line in to_yaml(cfg_for(dirs, out, steps=6, batch_size=3)).splitlines()
+                               if not line.startswith("output_dir:")))
+    main(["ppo", "--config", str(other), "--resume", str(out / "checkpoints" / "step-000005")])
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert read_status(out)["total_steps"] == 6
     with pytest.raises(SystemExit, match="config.yaml not found"):
         main(["ppo", "--resume", str(tmp_path / "nowhere")])
 

@@ -101,6 +101,7 @@ def test_start_watch_reload_stop_and_inspect(server, page):  # noqa: F811
     page.wait_for_function("document.querySelectorAll('#inspect-tokens span.tok').length >= 1", timeout=30_000)
     assert int(float(page.input_value("#inspect-step input[type=number]"))) == stopped_at  # followed the newest
     page.wait_for_function("document.querySelector('#inspect-heatmap .js-plotly-plot') !== null")
+    assert page.evaluate("document.querySelectorAll('script[src*=\"plotly.min.js\"]').length") == 1  # loaded once
     box = page.locator("#inspect-step input[type=number]")
     box.fill("2")
     box.press("Enter")

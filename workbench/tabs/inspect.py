@@ -10,6 +10,7 @@ import gradio as gr
 
 from .. import inspect_logic as logic, ppo_logic
 from ..tokens import QUANTITIES
+from . import Live
 from .ppo import live_plot
 
 AUTO = ("(running or newest run)", "")
@@ -17,8 +18,8 @@ AUTO = ("(running or newest run)", "")
 ON_SCREEN_JS = "(a, b, c, d, _) => [a, b, c, d, !!(document.querySelector('#inspect-tokens')?.offsetParent)]"
 
 
-def build(ws) -> gr.Timer:
-    """Lay out the tab and wire it; returns its refresh timer."""
+def build(ws) -> Live:
+    """Lay out the tab and wire it; returns its live refresh."""
     gr.Markdown("Every token of a logged sample with its reward r_t = −β·KL_t (+ the score on the last token), "
                 "value V_t, advantage A_t and return G_t. Hover a token for its numbers.")
     chosen = gr.State("")     # run picked by the user ('' = running or newest)
@@ -78,9 +79,8 @@ def build(ws) -> gr.Timer:
 
     view_outputs = [sample, token_view, reward_plot, values_plot, heatmap]
     view_inputs = [shown, step, sample, quantity]
-    timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
-    timer.tick(tick, inputs=[chosen, sig, follow, shown, on_screen], outputs=[sig, shown, newest, step],
-               js=ON_SCREEN_JS, show_progress="hidden")
+    live = Live.every_second(fn=tick, inputs=[chosen, sig, follow, shown, on_screen],
+                             outputs=[sig, shown, newest, step], js=ON_SCREEN_JS, show_progress="hidden")
     step.input(released, inputs=[step, newest], outputs=follow)  # the user moved it (drag or typed)
     # .change fires for the timer's updates as well as the user's; .input only for the user's
     step.change(render, inputs=view_inputs, outputs=view_outputs, show_progress="hidden")
@@ -90,4 +90,4 @@ def build(ws) -> gr.Timer:
     run_pick.input(lambda v: (v or "", True), inputs=run_pick, outputs=[chosen, follow])
     refresh_btn.click(lambda: gr.update(choices=[AUTO, *ppo_logic.run_choices(ws)]), outputs=run_pick)
     compare_btn.click(logic.compare, inputs=[shown, step], outputs=[compare_msg, compare_table])
-    return timer
+    return live

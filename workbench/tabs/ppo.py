@@ -16,6 +16,7 @@ from core.config import PPOConfig
 
 from .. import ppo_logic as logic
 from ..forms import Form, build_form
+from . import Live
 
 # Sent with every tick: whether this tab is on screen. A hidden tab skips its redraws (the browser
 # would still redraw hidden plots) and catches up within a tick of being shown.
@@ -27,6 +28,21 @@ AUTO = ("(running or newest run)", "")
 # new value and redraws it twice, ~4x the browser time: too slow to follow a run within 2 s on a
 # busy CPU.) Plotly.js comes from the plotly Python package, served as a static file: no network.
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+PLOTLY_URL = f"gradio_api/file={PLOTLY_JS}"
+# In the page's <head> (app.py): Plotly is 3.5 MB of JS whose evaluation holds the main thread for
+# 1-2 s on a slow CPU. Loaded by the live plots themselves, that cost fell on the first opening of
+# the PPO or Inspect tab; loaded here, it runs once the page has been idle for a while instead.
+PLOTLY_HEAD = f"""<script>
+window.loadPlotly = () => {{
+  if (window.Plotly || document.getElementById('plotly-js')) return;
+  const s = document.createElement('script');
+  s.id = 'plotly-js'; s.src = '{PLOTLY_URL}'; s.async = true;
+  document.head.appendChild(s);
+}};
+const idleLoad = () => setTimeout(() => (window.requestIdleCallback || setTimeout)(window.loadPlotly, {{timeout: 5000}}), 1500);
+// Gradio may insert this after the page's load event: then start the countdown now
+document.readyState === 'complete' ? idleLoad() : window.addEventListener('load', idleLoad);
+</script>"""
 LIVE_PLOT_JS = """
 const draw = () => {
   const P = element.__plotly || (element.__plotly = window.Plotly);  // keep one Plotly per div
@@ -35,7 +51,8 @@ const draw = () => {
   const fig = JSON.parse(props.value);
   P.react(div, fig.data, fig.layout, {responsive: true, displaylogo: false});
 };
-// plotly.min.js (from `head`) may still be loading: retry for up to 30 s
+window.loadPlotly && window.loadPlotly();  // opened before the idle preload: load it now
+// plotly.min.js may still be loading: retry for up to 30 s
 const whenReady = (tries) => window.Plotly ? draw() : tries > 0 && setTimeout(() => whenReady(tries - 1), 200);
 whenReady(150);
 watch('value', () => whenReady(150));
@@ -43,15 +60,15 @@ watch('value', () => whenReady(150));
 
 
 def live_plot(elem_id: str) -> gr.HTML:
-    """A plot that takes a figure's JSON as its value (see LIVE_PLOT_JS)."""
+    """A plot that takes a figure's JSON as its value (see LIVE_PLOT_JS; app.py puts PLOTLY_HEAD
+    in the page)."""
     gr.set_static_paths([PLOTLY_JS])
     return gr.HTML("", html_template='<div class="live-plot" style="width:100%;min-height:200px"></div>',
-                   js_on_load=LIVE_PLOT_JS, head=f'<script src="gradio_api/file={PLOTLY_JS}"></script>',
-                   elem_id=elem_id)
+                   js_on_load=LIVE_PLOT_JS, elem_id=elem_id)
 
 
-def build(ws) -> gr.Timer:
-    """Lay out the tab and wire it; returns its refresh timer."""
+def build(ws) -> Live:
+    """Lay out the tab and wire it; returns its live refresh."""
     cfg = logic.default_config(ws)
     gr.Markdown("Optimise the policy against the reward model with PPO: sample responses, score them, "
                 "subtract a KL penalty to the reference per token, and update policy and critic. "
@@ -161,10 +178,8 @@ def build(ws) -> gr.Timer:
     run_pick.input(lambda v: v or "", inputs=run_pick, outputs=shown)
     run_dir.submit(lambda v: (v or "").strip(), inputs=run_dir, outputs=shown)
     refresh_btn.click(lists, inputs=reward_model, outputs=[run_pick, resume_pick, reward_model, policy, runs])
-    timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
-    timer.tick(tick, inputs=[shown, sigs, reward_model, on_screen], outputs=outputs, js=ON_SCREEN_JS,
-               show_progress="hidden")
-    return timer
+    return Live.every_second(fn=tick, inputs=[shown, sigs, reward_model, on_screen], outputs=outputs,
+                             js=ON_SCREEN_JS, show_progress="hidden")
 
 
 def _help(name: str) -> str:

@@ -11,10 +11,11 @@ from core.config import RewardConfig, to_yaml
 
 from .. import reward_logic as logic
 from ..forms import build_form
+from . import Live
 
 
-def build(ws) -> gr.Timer:
-    """Lay out the tab and wire it; returns its refresh timer."""
+def build(ws) -> Live:
+    """Lay out the tab and wire it; returns its live refresh."""
     gr.Markdown("Train a reward model on labelled pairs: r(prompt, response) is read at the EOS after the "
                 "response and trained so that r(chosen) > r(rejected) (Bradley-Terry loss).")
     shown_run = gr.State("")    # the run directory the plots show ('' = active or newest)
@@ -80,10 +81,9 @@ def build(ws) -> gr.Timer:
     stop_btn.click(lambda chosen: logic.stop(ws, logic.current_run(ws, chosen)), inputs=shown_run, outputs=message)
     run_pick.change(on_pick, inputs=run_pick, outputs=shown_run)
     refresh_btn.click(refresh, outputs=[run_pick, runs])
-    timer = gr.Timer(1.0, active=False)  # app.py runs it while this tab is selected
-    timer.tick(tick, inputs=[shown_run, signature],
-               outputs=[signature, status, bar, loss_plot, acc_plot, margin_plot, hist_plot, runs],
-               show_progress="hidden")
+    live = Live.every_second(fn=tick, inputs=[shown_run, signature],
+                             outputs=[signature, status, bar, loss_plot, acc_plot, margin_plot, hist_plot, runs],
+                             show_progress="hidden")
     try_refresh.click(lambda: gr.update(choices=logic.run_choices(ws, with_model=True)), outputs=try_run)
     try_btn.click(logic.try_it, inputs=[try_run, try_prompt, try_a, try_b], outputs=try_out)
-    return timer
+    return live
