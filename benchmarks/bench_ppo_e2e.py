@@ -1,7 +1,7 @@
 """Does PPO make the embedded model write more positive reviews, as judged by a gold judge it never sees?
 
-    python benchmarks/bench_ppo_e2e.py --reward-model DIR [--minutes 10] [--lr 1e-4] [--kl-coef 0.2]
-                                       [--kl-target 6] [--kl-horizon 10000] [--batch-size 32]
+    python benchmarks/bench_ppo_e2e.py --reward-model DIR [--minutes 10] [--lr 5e-5] [--kl-coef 0.5]
+                                       [--kl-target 5] [--kl-horizon 1000] [--batch-size 32]
 
 The reward model is trained on VADER-labelled pairs (benchmarks/bench_reward.py --keep DIR makes
 one); the gold judge is VADER itself (objective/gold). Baseline, measured in the same run: the
@@ -9,6 +9,14 @@ reference policy's mean gold score on every default prompt x 2 samples. PPO then
 wall-clock budget; the final policy is evaluated the same way. Goal: gold rises by >= 0.3 over the
 reference with the mean KL of the last 10 steps <= 6 nats per sequence. Prints the curve of gold,
 score and KL by step, and ends with one JSON line.
+
+The defaults differ from PPOConfig's (lr 1e-4, adaptive KL from 0.2 towards 6 over a 10,000 horizon)
+because a 10-minute run has to land inside a KL budget, not just head towards it (2 cores, batch 32,
+the 1,000-pair reward model; session 7 of the closing notes):
+  - with beta from 0.2 and a 10,000 horizon, beta moves ~12% in 10 minutes: KL ends near 9.6;
+  - from 0.5 with a 1,000 horizon it follows the target, but settles slightly above it;
+  - lr 1e-4 makes KL swing 4-8 nats from step to step; at 5e-5 the path is smooth and buys more gold
+    per nat (+0.41 at KL 5.7 against +0.29 at KL 6.2), so the target sits 1 nat below the budget.
 """
 from __future__ import annotations
 
@@ -42,12 +50,13 @@ def main() -> None:
     ap.add_argument("--reward-model", required=True)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--critic-lr", type=float, default=1e-4)
-    ap.add_argument("--kl-coef", type=float, default=0.2)
-    ap.add_argument("--kl-target", type=float, default=6.0, help="negative = fixed coefficient")
-    ap.add_argument("--kl-horizon", type=float, default=10000)
+    ap.add_argument("--kl-coef", type=float, default=0.5)
+    ap.add_argument("--kl-target", type=float, default=5.0, help="negative = fixed coefficient")
+    ap.add_argument("--kl-horizon", type=float, default=1000)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="PPO's seed (prompt order, sampling, shuffles)")
     ap.add_argument("--out", default=None, help="run directory (default: a temp dir)")
     args = ap.parse_args()
 
@@ -55,7 +64,8 @@ def main() -> None:
     cfg = PPOConfig(policy=args.policy, reward_model=args.reward_model, prompts=DEFAULT_PROMPTS, steps=100_000,
                     batch_size=args.batch_size, learning_rate=args.lr, critic_learning_rate=args.critic_lr,
                     kl_coef=args.kl_coef, kl_target=None if args.kl_target < 0 else args.kl_target,
-                    kl_horizon=args.kl_horizon, ppo_epochs=args.epochs, output_dir=str(out), gold_judge="vader")
+                    kl_horizon=args.kl_horizon, ppo_epochs=args.epochs, output_dir=str(out), gold_judge="vader",
+                    seed=args.seed)
     prompts = [p for p in Path(DEFAULT_PROMPTS).read_text().splitlines() if p.strip()]
     run = Run(out, "ppo")
     tr, _ = setup(cfg, run, None)

@@ -1,12 +1,14 @@
 """UI responsiveness while PPO trains in the app: Label click and tab switch latency, and the lag
 from a step written to metrics.jsonl to the PPO curve showing it.
 
-    .venv/bin/python benchmarks/bench_ui.py [--policy DIR] [--steps N] [--clicks N] [--threads N]
+    .venv/bin/python benchmarks/bench_ui.py [--policy DIR] [--steps N] [--clicks N] [--threads N] [--settle S]
 
 The app runs as a subprocess (tests/browser.py's AppServer) on a temporary workspace holding a
 reward run (the policy's weights with a fresh score head: its scores are arbitrary, which is all a
 UI benchmark needs) and seeded preference pairs. Headless Chromium drives it:
 
+0. after --settle seconds on the Label tab (default 5; the page loads Plotly while idle), the first
+   visit of each tab, which builds its content;
 1. baseline: Label clicks and tab switches with nothing training;
 2. PPO started from the form; the PPO tab open: for each step, the browser's time when the score
    curve's data first holds it, minus the `time` the trainer wrote in metrics.jsonl;
