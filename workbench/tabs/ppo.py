@@ -39,9 +39,11 @@ window.loadPlotly = () => {{
   s.id = 'plotly-js'; s.src = '{PLOTLY_URL}'; s.async = true;
   document.head.appendChild(s);
 }};
-const idleLoad = () => setTimeout(() => (window.requestIdleCallback || setTimeout)(window.loadPlotly, {{timeout: 5000}}), 1500);
-// Gradio may insert this after the page's load event: then start the countdown now
-document.readyState === 'complete' ? idleLoad() : window.addEventListener('load', idleLoad);
+(() => {{
+  const idleLoad = () => setTimeout(() => (window.requestIdleCallback || setTimeout)(window.loadPlotly, {{timeout: 5000}}), 1500);
+  // Gradio may insert this after the page's load event: then start the countdown now
+  document.readyState === 'complete' ? idleLoad() : window.addEventListener('load', idleLoad);
+}})();
 </script>"""
 LIVE_PLOT_JS = """
 const draw = () => {
