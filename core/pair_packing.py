@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import backbone, packing_refusal, score_head, sequence_scores
+from .last_layer import hidden_at
+from .models import packing_refusal, score_head, sequence_scores
 from .scoring import pad_right
 
 PREFIX, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment of each position in a packed row
@@ -95,11 +96,9 @@ def block_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor:
 def packed_scores(model, batch: PackedPairs) -> torch.Tensor:
     """(2B,) scores: the B chosen, then the B rejected, read at each text's last token."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    hidden = backbone(model)(input_ids=batch.input_ids, attention_mask=block_mask(batch.segment, impl),
-                             position_ids=batch.position_ids, use_cache=False).last_hidden_state  # (B, L, H)
-    rows = torch.arange(len(hidden), device=hidden.device)
-    last = torch.cat([hidden[rows, batch.chosen_at], hidden[rows, batch.rejected_at]])  # (2B, H)
-    return score_head(model)(last).squeeze(-1).float()
+    at = torch.stack([batch.chosen_at, batch.rejected_at], 1)  # (B, 2)
+    hidden = hidden_at(model, batch.input_ids, block_mask(batch.segment, impl), batch.position_ids, at)  # (B, 2, H)
+    return score_head(model)(hidden.transpose(0, 1).flatten(0, 1)).squeeze(-1).float()  # (2B,)
 
 
 @torch.no_grad()
