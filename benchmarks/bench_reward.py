@@ -1,7 +1,7 @@
 """Reward-model quality and speed: core.reward_training vs TRL's RewardTrainer, same data, same run.
 
-    python benchmarks/bench_reward.py [--model DIR] [--pairs 1200] [--val 200] [--epochs 2]
-                                      [--batch-size 16] [--lr 3e-4] [--trl-steps 40] [--data-cache FILE]
+    python benchmarks/bench_reward.py [--model DIR] [--pairs 1200] [--val 200] [--train N] [--epochs 2]
+                                      [--batch-size 16] [--lr 3e-4] [--trl-steps N] [--data-cache FILE]
                                       [--keep DIR]
 
 1. Samples 2 x pairs responses (24 new tokens) from the embedded model on the default prompts.
@@ -14,7 +14,9 @@
    tokenization, model loading and saving excluded, as TRL's train_runtime excludes its dataset
    preparation). TRL's RewardTrainer (optional `bench` extra) trains the same base model on the
    same pairs, batch size and learning rate, measured two ways:
-     fair      fp32, gradient checkpointing off, --trl-steps steps: the same arithmetic as ours;
+     fair      fp32, gradient checkpointing off, --trl-steps steps (default: as many as ours, i.e.
+               the same pairs and epochs, so both are timed over the same work and the
+               same stretch of this VM's drifting speed): the same arithmetic as ours;
                this is the baseline of the ratio. Goal >= 1.5x.
      defaults  TRL 0.29's defaults, --trl-default-steps steps: bf16 autocast (bf16=None means on)
                and gradient checkpointing. On a CPU without bf16 units that is ~20x slower, so
@@ -121,11 +123,14 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--pairs", type=int, default=1200)
     ap.add_argument("--val", type=int, default=200)
+    ap.add_argument("--train", type=int, help="train on only the first N pairs (default: all but the last --val); "
+                    "with a large --data-cache this draws a learning curve on a fixed validation set")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--max-length", type=int, default=96)
-    ap.add_argument("--trl-steps", type=int, default=40, help="0 skips TRL (e.g. for a hyperparameter sweep)")
+    ap.add_argument("--trl-steps", type=int, help="TRL optimizer steps (default: the same as ours); "
+                    "0 skips TRL (e.g. for a hyperparameter sweep)")
     ap.add_argument("--trl-default-steps", type=int, default=3, help="0 skips the (slow on CPU) TRL-defaults run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-cache", help="JSON file of sampled pairs: read if it exists, else written")
@@ -143,10 +148,13 @@ def main() -> None:
             cache.write_text(json.dumps(pairs))
     sample_s = time.time() - t0
     rows = label(pairs, args.seed)
-    n_train = len(pairs) - args.val
+    n_val_from = len(pairs) - args.val
+    n_train = args.train or n_val_from
+    if not 0 < n_train <= n_val_from:
+        raise SystemExit(f"--train {n_train}: between 1 and {n_val_from} (the pairs before the last --val)")
     work = Path(tempfile.mkdtemp(prefix="bench-rm-"))
     write_jsonl(work / "train.jsonl", rows[:n_train])
-    write_jsonl(work / "val.jsonl", rows[n_train:])
+    write_jsonl(work / "val.jsonl", rows[n_val_from:])
     noisy = sum(1 for p, r in zip(pairs, rows) if (p["score_a"] > p["score_b"]) != (r["chosen"] == p["a"])
                 and p["score_a"] != p["score_b"])
 
@@ -158,8 +166,10 @@ def main() -> None:
     wall = time.time() - t1
     st = read_status(run)
     ours = st["pairs_per_s"]
-    acc, n_clear = gold_accuracy(run / "model", pairs[n_train:])
+    acc, n_clear = gold_accuracy(run / "model", pairs[n_val_from:])
 
+    if args.trl_steps is None:
+        args.trl_steps = st["step"]
     trl_fair = trl_pairs_per_s(args.model, rows[:n_train], args, args.trl_steps, fair=True) if args.trl_steps else None
     trl_default = trl_pairs_per_s(args.model, rows[:n_train], args, args.trl_default_steps, fair=False) \
         if args.trl_default_steps else None
