@@ -4,6 +4,7 @@
                                          [--steps 8] [--warmup 2] [--batch-size 16]
                                          [--response-length 24] [--ppo-epochs 4] [--lr 3e-5]
                                          [--kl-coef 0.2] [--threads N] [--only ours|trl] [--rounds 2]
+                                         [--stop eos|none]
     python benchmarks/bench_ppo_speed.py --profile [--steps 3]   # where our step's time goes
 
 Both trainers train the same policy with the same reward model, on the same prompts, with the
@@ -25,7 +26,12 @@ of one step to the end of the next on both sides (ours: around core.ppo_run.ppo_
 per-step records ppo_body writes; TRL: TrainerCallback.on_step_end timestamps). Differences
 left in on purpose: ours clips gradients (max_grad_norm) and TRL does not; TRL logs through
 the Trainer machinery; the mean response length of each side is printed, since both sample
-the same model but different random draws. With --rounds N the race runs N times, alternating
+the same model but different random draws. The lengths drift apart as the policies learn: the
+two score a response that has no EOS differently (TRL reads its last token, ours appends EOS as
+the reward model was trained), so the policies learn different lengths, and an episode of
+shorter responses is cheaper work. --stop none removes that: every response is exactly
+--response-length tokens on both sides (TRL stop_token=None, ours stop_token "none"), so both
+do the same work per episode. With --rounds N the race runs N times, alternating
 which trainer goes first, and each trainer's measured steps are pooled (peak RSS: the highest).
 
 The table also gives CPU seconds per step (process time, all threads): on a busy machine it moves
@@ -102,7 +108,7 @@ def ours_config(args, out_dir: str):
     from core.config import PPOConfig
     return PPOConfig(
         policy=args.policy, reward_model=args.reward_model, prompts=args.prompts, steps=args.steps,
-        batch_size=args.batch_size, response_length=args.response_length, temperature=1.0, stop_token="eos",
+        batch_size=args.batch_size, response_length=args.response_length, temperature=1.0, stop_token=args.stop,
         missing_eos_penalty=0.0, ppo_epochs=args.ppo_epochs, num_minibatches=1, grad_accum=1,
         learning_rate=args.lr, critic_learning_rate=args.lr, kl_coef=args.kl_coef, kl_target=None,
         kl_estimator="k1", whiten_advantages=True, entropy_coef=0.0, vf_coef=0.1, cliprange=0.2,
@@ -179,7 +185,8 @@ def child_trl(args) -> dict:
     config = PPOConfig(
         output_dir=out_dir, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         num_mini_batches=1, num_ppo_epochs=args.ppo_epochs, response_length=args.response_length,
-        total_episodes=args.batch_size * args.steps, learning_rate=args.lr, stop_token="eos",
+        total_episodes=args.batch_size * args.steps, learning_rate=args.lr,
+        stop_token="eos" if args.stop == "eos" else None,
         missing_eos_penalty=None, kl_coef=args.kl_coef, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2,
         vf_coef=0.1, gamma=1.0, lam=0.95, whiten_rewards=False, temperature=1.0,
         local_rollout_forward_batch_size=args.batch_size, num_sample_generations=0, report_to=[],
@@ -195,7 +202,7 @@ def child_trl(args) -> dict:
         qr, logits = real_batch_generation(model, queries, *a, **kw)
         resp = qr[:, queries.shape[1]:]
         is_eos = resp == tok.eos_token_id
-        n = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, resp.shape[1])  # up to and including EOS
+        n = torch.where(is_eos.any(1) & (args.stop == "eos"), is_eos.int().argmax(1) + 1, resp.shape[1])  # up to and including EOS
         lens.append(float(n.float().mean()))
         return qr, logits
 
@@ -264,7 +271,7 @@ def run_child(kind: str, args, tmp: str, extra_env: dict) -> dict:
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
            "--response-length", str(args.response_length), "--ppo-epochs", str(args.ppo_epochs),
            "--lr", str(args.lr), "--kl-coef", str(args.kl_coef), "--seed", str(args.seed),
-           "--threads", str(args.threads), "--device", args.device] + (["--gold"] if args.gold else [])
+           "--threads", str(args.threads), "--device", args.device, "--stop", args.stop] + (["--gold"] if args.gold else [])
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env}
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT)).returncode
@@ -289,6 +296,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each child (0 = torch's default)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--stop", default="eos", choices=("eos", "none"),
+                    help="eos: responses end at EOS (default); none: always --response-length tokens (equal work)")
     ap.add_argument("--gold", action="store_true", help="also run our VADER gold judge each step (TRL has none)")
     ap.add_argument("--only", choices=("ours", "trl"), help="measure one trainer only")
     ap.add_argument("--rounds", type=int, default=2, help="race rounds, alternating which trainer goes first "
@@ -337,7 +346,7 @@ def main() -> None:
             return
         print(f"policy {args.policy}\nreward model {rm_note}\nbatch {args.batch_size}, response_length "
               f"{args.response_length}, {args.ppo_epochs} PPO epochs x 1 minibatch, lr {args.lr}, temperature 1, "
-              f"EOS stops; {args.steps} steps each, first {args.warmup} excluded; device {args.device}")
+              f"{'EOS stops' if args.stop == 'eos' else 'no stop token'}; {args.steps} steps each, first {args.warmup} excluded; device {args.device}")
         # Alternating the order cancels a slow drift of the machine's speed (this VM's wanders +-20%).
         per_round: dict[str, list] = {}
         for r in range(args.rounds):
