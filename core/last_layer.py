@@ -42,6 +42,8 @@ def _gpt2_hidden_at(model, input_ids, mask, position_ids, at) -> torch.Tensor:
     k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, nh, L, d)
     q = (x[rows, at] @ w[:, :H] + b[:H]).view(B, -1, nh, H // nh).transpose(1, 2)  # (B, nh, k, d)
     sel_mask = mask[rows, :, at].transpose(1, 2)  # (B, 1, k, L): the scored rows of the mask
+    if sel_mask.dtype != torch.bool:  # eager's additive mask (0 = attend); sdpa wants bool or q's dtype
+        sel_mask = sel_mask == 0
     p = attn.attn_dropout.p if model.training else 0.0
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=sel_mask, dropout_p=p)  # (B, nh, k, d)
     a = attn.resid_dropout(attn.c_proj(a.transpose(1, 2).reshape(B, -1, H)))
