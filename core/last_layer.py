@@ -32,7 +32,7 @@ def _gpt2_hidden_at(model, input_ids, mask, position_ids, at) -> torch.Tensor:
     tr = backbone(model)
     h = tr.drop(tr.wte(input_ids) + tr.wpe(position_ids))  # (B, L, H), as GPT2Model starts
     for block in tr.h[:-1]:
-        h = block(h, None, mask, position_ids=position_ids)
+        h = block(h, attention_mask=mask, position_ids=position_ids)
     last, B, H = tr.h[-1], h.shape[0], h.shape[-1]
     attn, nh = last.attn, last.attn.num_heads
     rows = torch.arange(B, device=h.device)[:, None]
