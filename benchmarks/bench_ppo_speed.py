@@ -202,7 +202,9 @@ def child_trl(args) -> dict:
         qr, logits = real_batch_generation(model, queries, *a, **kw)
         resp = qr[:, queries.shape[1]:]
         is_eos = resp == tok.eos_token_id
-        n = torch.where(is_eos.any(1) & (args.stop == "eos"), is_eos.int().argmax(1) + 1, resp.shape[1])  # up to and including EOS
+        n = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, resp.shape[1])  # up to and including EOS
+        if args.stop == "none":  # no stop token: every response is all its tokens
+            n = torch.full_like(n, resp.shape[1])
         lens.append(float(n.float().mean()))
         return qr, logits
 

@@ -149,7 +149,7 @@ def main() -> None:
     sample_s = time.time() - t0
     rows = label(pairs, args.seed)
     n_val_from = len(pairs) - args.val
-    n_train = args.train or n_val_from
+    n_train = n_val_from if args.train is None else args.train
     if not 0 < n_train <= n_val_from:
         raise SystemExit(f"--train {n_train}: between 1 and {n_val_from} (the pairs before the last --val)")
     work = Path(tempfile.mkdtemp(prefix="bench-rm-"))

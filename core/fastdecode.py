@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .models import plain_gpt2_attention
 
 
 def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
@@ -44,10 +45,7 @@ class GenericDecoder:
 
 
 def gpt2_supported(model) -> bool:
-    cfg = model.config
-    return (type(model).__name__ == "GPT2LMHeadModel" and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
-            and not getattr(cfg, "reorder_and_upcast_attn", False) and getattr(cfg, "scale_attn_weights", True)
-            and getattr(cfg, "add_cross_attention", False) is False)
+    return type(model).__name__ == "GPT2LMHeadModel" and plain_gpt2_attention(model.config)
 
 
 class GPT2Decoder:

@@ -16,16 +16,14 @@ import torch
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
-from .models import backbone
+from .models import backbone, plain_gpt2_attention
 
 
 def _gpt2_shortcut_ok(model) -> bool:
     """GPT-2 with the attention the shortcut reimplements, and a plain Conv1D qkv projection (the
     shortcut reads its weight; an adapter wrapped around it would be skipped)."""
-    c = model.config
-    return (c.model_type == "gpt2" and not c.add_cross_attention and c.scale_attn_weights
-            and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn
-            and len(backbone(model).h) > 0 and type(backbone(model).h[-1].attn.c_attn) is Conv1D)
+    return (plain_gpt2_attention(model.config) and len(backbone(model).h) > 0
+            and type(backbone(model).h[-1].attn.c_attn) is Conv1D)
 
 
 def _gpt2_hidden_at(model, input_ids, mask, position_ids, at) -> torch.Tensor:

@@ -154,6 +154,16 @@ def packing_refusal(model: PreTrainedModel) -> str | None:
     return None
 
 
+def plain_gpt2_attention(config) -> bool:
+    """A GPT-2 config whose attention is the textbook one (1/sqrt(d) scaling, no layer-index scaling,
+    no fp32 upcast reordering, no cross-attention): what the GPT-2 fast paths (core.fastdecode,
+    core.last_layer) reimplement. Any other GPT-2 takes the model's own forward."""
+    return (config.model_type == "gpt2" and getattr(config, "scale_attn_weights", True)
+            and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
+            and not getattr(config, "reorder_and_upcast_attn", False)
+            and not getattr(config, "add_cross_attention", False))
+
+
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
     """The transformer under a task head (GPT2's `transformer`, Llama's `model`, ...)."""
     return getattr(model, model.base_model_prefix)

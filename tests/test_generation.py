@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from core.config import GenerationConfig
+from core.fastdecode import gpt2_supported
 from core.generation import decode_responses, filter_logits, generate, response_logprobs, sample_from
 
 from tiny_models import ARCHS, tiny_model
@@ -78,6 +79,7 @@ def test_same_seed_same_samples(tiny_tokenizer):
 
 def test_fast_gpt2_decoder_equals_generic_path(tiny_tokenizer):
     model = tiny_model("gpt2", tiny_tokenizer)
+    assert gpt2_supported(model)  # so `fast=True` really takes GPT2Decoder
     cfg = GenerationConfig(max_new_tokens=10)
     fast = generate(model, tiny_tokenizer, PROMPTS, cfg, torch.Generator().manual_seed(5), fast=True)
     slow = generate(model, tiny_tokenizer, PROMPTS, cfg, torch.Generator().manual_seed(5), fast=False)
