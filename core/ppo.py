@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rl
+from . import rl, varlen
 from .config import GenerationConfig, PPOConfig
 from .generation import Samples, decode_responses, generate, response_logits
 from .models import autocast, packing_refusal, score_head, token_scores
@@ -112,11 +112,12 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
     return s, raw
 
 
-# ---------------------------------------------------------------- forwards, padded or packed
+# ---------------------------------------------------------------- forwards: padding-free, packed or padded
 PACK_IF_BELOW = 0.9  # pack a batch when that leaves under 90% of its padded slots (else the gathers cost more)
 
 
-Packing = bool | PackedBatch | None  # None: as the run decided; True / False: force; a PackedBatch: use it
+Packing = bool | PackedBatch | varlen.Layout | None
+# None: as the run decided; True / False: force packed rows / padding; a PackedBatch or a Layout: use it
 
 
 def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: Packing):
@@ -130,23 +131,53 @@ def _packing(m: Models, ids: torch.Tensor, mask: torch.Tensor, packed: Packing):
     return pb if packed or pb.input_ids.numel() < PACK_IF_BELOW * ids.numel() else None
 
 
+def response_layout(mask: torch.Tensor, P: int) -> varlen.Layout:
+    """The padding-free layout reading the positions that predict a real response token."""
+    read = torch.zeros_like(mask, dtype=torch.bool)
+    read[:, P - 1:-1] = mask[:, P:].bool()
+    return varlen.make_layout(mask, read)
+
+
+def _plan(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: Packing):
+    """How `model` runs these rows: a varlen.Layout (GPT-2, unless `packed` forces a path), a
+    PackedBatch, or None (padded)."""
+    if (packed is None or isinstance(packed, varlen.Layout)) and varlen.supported(model):
+        return packed or response_layout(mask, P)
+    return _packing(m, ids, mask, None if isinstance(packed, varlen.Layout) else packed)
+
+
+def shared_plan(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int) -> Packing:
+    """One plan for the policy's, reference's and critic's forwards on the same rows, made once."""
+    if any(map(varlen.supported, (m.policy, m.critic))):
+        return response_layout(mask, P)  # a model that cannot take it falls back in _plan
+    return _packing(m, ids, mask, None) or False
+
+
 def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
                   packed: Packing = None) -> torch.Tensor:
-    """(B, P + T) -> (B, T, V): the logits that predicted each response token."""
-    pb = _packing(m, ids, mask, packed)
-    if pb is None:
+    """(B, P + T) -> (B, T, V): the logits that predicted each response token (0 after a row's end
+    on the padding-free path; the losses mask those)."""
+    plan = _plan(m, model, ids, mask, P, packed)
+    cols = slice(P - 1, ids.shape[1] - 1)
+    if isinstance(plan, varlen.Layout):
+        logits = model.get_output_embeddings()(varlen.read_hidden(model, ids, plan)).float() / temperature  # (M, V)
+        return varlen.to_grid(logits, plan, ids.shape[1], cols)
+    if plan is None:
         return response_logits(model, ids, mask, P, temperature)
-    hidden = unpack(packed_hidden(model, pb), pb, slice(P - 1, ids.shape[1] - 1))  # (B, T, H)
+    hidden = unpack(packed_hidden(model, plan), plan, cols)  # (B, T, H)
     return model.get_output_embeddings()(hidden).float() / temperature
 
 
 def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: Packing = None) -> torch.Tensor:
     """(B, P + T) -> (B, T): V of the state each response token was sampled from."""
-    pb = _packing(m, ids, mask, packed)
-    if pb is None:
-        return token_scores(m.critic, ids, mask)[:, P - 1:-1]
-    hidden = unpack(packed_hidden(m.critic, pb), pb, slice(P - 1, ids.shape[1] - 1))  # (B, T, H)
-    return score_head(m.critic)(hidden).squeeze(-1).float()
+    plan = _plan(m, m.critic, ids, mask, P, packed)
+    cols = slice(P - 1, ids.shape[1] - 1)
+    if isinstance(plan, varlen.Layout):
+        values = score_head(m.critic)(varlen.read_hidden(m.critic, ids, plan)).squeeze(-1).float()  # (M,)
+        return varlen.to_grid(values, plan, ids.shape[1], cols)
+    if plan is None:
+        return token_scores(m.critic, ids, mask)[:, cols]
+    return score_head(m.critic)(unpack(packed_hidden(m.critic, plan), plan, cols)).squeeze(-1).float()
 
 
 @torch.no_grad()
@@ -180,8 +211,8 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
     rmask = samples.response_mask.float()
     device = ids.device
     if m.packed is None:
-        m.packed = packing_agrees(m, samples)
-    packed = _packing(m, ids, mask, None) or False  # one packing for both forwards
+        m.packed = all(map(varlen.supported, (m.policy, m.critic))) or packing_agrees(m, samples)
+    packed = shared_plan(m, ids, mask, P)
     with autocast(device):
         if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
             with m.policy.disable_adapter():
@@ -205,7 +236,7 @@ def trimmed(m: Models, exp: Experience, idx: torch.Tensor):
     P = exp.prompt_len
     T = int(exp.response_mask[idx].sum(1).max().clamp(min=1))
     ids, mask = exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T]
-    return ids, mask, exp.response_mask[idx, :T].float(), T, _packing(m, ids, mask, None) or False
+    return ids, mask, exp.response_mask[idx, :T].float(), T, shared_plan(m, ids, mask, P)
 
 
 def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig,

@@ -37,7 +37,7 @@ def test_run_writes_the_contract_and_token_invariants_hold(dirs, tmp_path):
     assert run_ppo(cfg_for(dirs, out)) == "finished"
     st = read_status(out)
     assert st["kind"] == "ppo" and st["state"] == "finished" and st["step"] == 3
-    assert st["packed_sequences"] is True  # GPT-2 takes padding-free forwards (core.seq_packing)
+    assert st["packed_sequences"] is True  # GPT-2 takes padding-free forwards (core.varlen)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for k in METRIC_KEYS:
