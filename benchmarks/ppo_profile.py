@@ -74,6 +74,18 @@ def child_profile(args) -> dict:
         pre, post = hook_pair(label)
         mod.register_forward_pre_hook(pre)
         mod.register_forward_hook(post)
+    # the padding-free GPT-2 forwards (core.varlen) call no backbone module: time them by hand
+    import core.varlen as vl
+    names = {id(m.policy): "policy", id(m.reference): "reference", id(m.critic): "critic", id(m.reward): "reward"}
+    read_hidden = vl.read_hidden
+
+    def timed_read_hidden(model, *a, **kw):
+        t = now()
+        try:
+            return read_hidden(model, *a, **kw)
+        finally:
+            add(f"{phase[0]}/{names.get(id(model), 'model')} forward", t)
+    vl.read_hidden = timed_read_hidden
     torch.Tensor.backward = timed("backward", torch.Tensor.backward, set_phase=False)
     torch.nn.utils.clip_grad_norm_ = timed("clip_grad_norm", torch.nn.utils.clip_grad_norm_, set_phase=False)
     for i, opt in enumerate(tr.optimizers):

@@ -40,6 +40,8 @@ class Experience:
     raw_scores: torch.Tensor      # (B,) the reward model's output
     prompts: list[str]
     responses: list[str]
+    values_graph: torch.Tensor | None = None  # (B, T) `values` still attached to the critic's graph: the
+                                              # first epoch's value loss when one micro-batch is the batch
 
     @property
     def responses_ids(self) -> torch.Tensor:  # (B, T)
@@ -221,12 +223,17 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
             ref_logits = policy_logits(m, m.reference, ids, mask, P, cfg.temperature, packed)
         ref_logprobs = rl.logprobs_from_logits(ref_logits, samples.responses) * rmask  # (B, T)
         del ref_logits
-        values = critic_values(m, ids, mask, P, packed) * rmask  # (B, T)
+        # With one micro-batch per epoch the first value loss reads the critic, unchanged, on this
+        # very batch: keep this forward's graph for it instead of running the same forward twice.
+        with torch.set_grad_enabled(cfg.num_minibatches == 1 and cfg.grad_accum == 1):
+            values_graph = critic_values(m, ids, mask, P, packed)  # (B, T)
+        values = values_graph.detach() * rmask
     rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
                                    cfg.kl_estimator)  # clipping already done in score()
     advantages, returns = rl.gae(rewards, values, rmask, cfg.gamma, cfg.lam)
     return Experience(ids, mask, samples.response_mask, P, samples.logprobs, ref_logprobs, values, kl,
-                      rewards, advantages, returns, scores, raw_scores, prompts, responses)
+                      rewards, advantages, returns, scores, raw_scores, prompts, responses,
+                      values_graph if values_graph.requires_grad else None)
 
 
 # ---------------------------------------------------------------- 4. update
@@ -263,7 +270,10 @@ def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, ro
     """Clipped value loss on rows `idx`; `rows` = trimmed(m, exp, idx)."""
     ids, mask, rmask, T, packed = rows
     with autocast(ids.device):
-        values = critic_values(m, ids, mask, exp.prompt_len, packed)  # (b, T)
+        if exp.values_graph is not None and len(idx) == len(exp.input_ids):  # the whole batch, critic unchanged
+            values, exp.values_graph = exp.values_graph[idx, :T], None  # used once: the next step changes it
+        else:
+            values = critic_values(m, ids, mask, exp.prompt_len, packed)  # (b, T)
         loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
     return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import sequence_scores
+from . import varlen
+from .models import score_head, sequence_scores
 
 
 class PromptTooLongError(ValueError):
@@ -87,6 +88,17 @@ def scoring_max_length(model, default: int = 96) -> int:
     return int(getattr(model.config, "score_max_length", None) or default)
 
 
+def last_token_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """models.sequence_scores, (B, L) -> (B,); GPT-2 takes the padding-free forward (core.varlen):
+    real tokens only, and the last block only at each row's last token. The same numbers."""
+    if not varlen.supported(model):
+        return sequence_scores(model, ids, mask)
+    col = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask.bool(), col, -1).max(1).values  # (B,)
+    lay = varlen.make_layout(mask, col == last[:, None])  # one read per row, in row order
+    return score_head(model)(varlen.read_hidden(model, ids, lay)).squeeze(-1)
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None,
                 batch_size: int = 64) -> torch.Tensor:
@@ -105,7 +117,7 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids, mask = pad_right([seqs[j] for j in idx], pad_id_of(tokenizer), device)
-            out[idx] = sequence_scores(model, ids, mask).float().cpu()
+            out[idx] = last_token_scores(model, ids, mask).float().cpu()
     finally:
         model.train(was_training)
     return out

@@ -252,3 +252,42 @@ def test_prompt_batches_cycle_through_every_prompt():
     prompts = [f"p{i}" for i in range(5)]
     seen = [p for s in range(5) for p in prompt_batch(prompts, s, 2, seed=0)]
     assert sorted(seen[:5]) == prompts and sorted(seen[5:10]) == prompts
+
+
+def test_the_first_epoch_reuses_the_critic_forward_of_make_experience(dirs, tmp_path, monkeypatch):
+    # one micro-batch per epoch: the first value loss reads the unchanged critic on the same batch,
+    # so make_experience's forward (kept with its graph) serves it; the update must be the same
+    import core.ppo as ppo
+    from core.ppo_run import setup, whiten_global
+    from core.runs import Run
+    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2)
+    tr, _ = setup(cfg, Run(tmp_path / "run", "ppo"), None)
+    m = tr.models
+    prompts = prompt_batch(tr.prompts, 0, cfg.batch_size, cfg.seed)
+    samples = ppo.rollout(m, prompts, cfg, torch.rand(cfg.batch_size, cfg.response_length,
+                                                    generator=torch.Generator().manual_seed(0)))
+    responses = ppo.decode_responses(m.tokenizer, samples)
+    scores, raw = ppo.score(m, prompts, responses, samples, cfg)
+    start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
+    calls = []
+    forward = ppo.critic_values
+    monkeypatch.setattr(ppo, "critic_values", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    after = []
+    for reuse in (True, False):
+        for x, sd in zip((m.policy, m.critic), start):
+            x.load_state_dict(sd)
+        opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
+        calls.clear()
+        exp = ppo.make_experience(m, samples, prompts, responses, scores, raw, 0.1, cfg)
+        assert exp.values_graph is not None
+        if not reuse:
+            exp.values_graph = None
+        adv = whiten_global(exp.advantages, exp.response_mask.float(), tr.dist)
+        stats = ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
+        assert len(calls) == (2 if reuse else 3)  # experience + epochs 2.. (+ epoch 1 without reuse)
+        after.append((stats, torch.cat([p.detach().flatten().clone() for p in m.critic.parameters()])))
+    assert not torch.equal(after[0][1], torch.cat([v.flatten() for v in start[1].values()]))  # it trained
+    torch.testing.assert_close(after[0][1], after[1][1], atol=1e-6, rtol=1e-5)
+    assert after[0][0]["loss/value"] == pytest.approx(after[1][0]["loss/value"], rel=1e-5)
+    cfg2 = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, num_minibatches=2)  # two micro-batches: no reuse
+    assert ppo.make_experience(m, samples, prompts, responses, scores, raw, 0.1, cfg2).values_graph is None

@@ -102,3 +102,17 @@ def test_embedded_model_reproduces_its_sampling_logprobs():
     lp = logprobs_from_logits(logits, s.responses)
     real = s.response_mask.bool()
     torch.testing.assert_close(lp[real], s.logprobs[real], atol=1e-4, rtol=1e-4)
+
+
+def test_score_texts_takes_the_padding_free_forward_with_the_same_scores(tiny_tokenizer):
+    from core.models import sequence_scores
+    from core.scoring import format_for_scoring, last_token_scores, score_texts
+    critic = models("gpt2", tiny_tokenizer, "sdpa").critic
+    prompts = ["a charming", "the plot is thin and", "i hated"]
+    responses = ["movie", "dull , dull , dull", ""]
+    ids, mask, _ = format_for_scoring(tiny_tokenizer, prompts, responses, 64)
+    assert mask.sum(1).unique().numel() == 3  # rows of different lengths: padding to skip
+    with torch.no_grad():
+        plain = sequence_scores(critic, ids, mask)
+        torch.testing.assert_close(last_token_scores(critic, ids, mask), plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(score_texts(critic, tiny_tokenizer, prompts, responses), plain, atol=1e-5, rtol=1e-4)
