@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--kl-coef", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stop", default="eos", choices=("eos", "none"), help="as in bench_ppo_speed.py")
     args = ap.parse_args()
     args.device, args.gold = "cpu", False
     env = {"CUDA_VISIBLE_DEVICES": "", "RLHF_DEVICE": "cpu"}
