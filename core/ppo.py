@@ -162,12 +162,40 @@ def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: in
     plan = _plan(m, model, ids, mask, P, packed)
     cols = slice(P - 1, ids.shape[1] - 1)
     if isinstance(plan, varlen.Layout):
-        logits = model.get_output_embeddings()(varlen.read_hidden(model, ids, plan)).float() / temperature  # (M, V)
-        return varlen.to_grid(logits, plan, ids.shape[1], cols)
+        return varlen.to_grid(_read_logits(model, ids, plan, temperature), plan, ids.shape[1], cols)
     if plan is None:
         return response_logits(model, ids, mask, P, temperature)
     hidden = unpack(packed_hidden(model, plan), plan, cols)  # (B, T, H)
     return model.get_output_embeddings()(hidden).float() / temperature
+
+
+def _read_logits(model, ids: torch.Tensor, lay: varlen.Layout, temperature: float) -> torch.Tensor:  # (M, V)
+    return model.get_output_embeddings()(varlen.read_hidden(model, ids, lay)).float() / temperature
+
+
+def policy_logprobs(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
+                    packed: Packing = None, entropy: bool | None = None):
+    """(B, P + T) -> (B, T) logprobs of the response tokens, and their next-token distributions'
+    (B, T) entropies if `entropy` is not None (False: for the record, outside the autograd graph).
+    On the padding-free path the (M, V) logits of the real positions never become a (B, T, V)
+    grid: no padded rows in the softmaxes, no grid to fill and scatter."""
+    plan = _plan(m, model, ids, mask, P, packed)
+    if not isinstance(plan, varlen.Layout):
+        logits = policy_logits(m, model, ids, mask, P, temperature, plan if plan is not None else False)
+        lp = rl.logprobs_from_logits(logits, ids[:, P:])
+        return lp, None if entropy is None else _entropy(logits, entropy)
+    logits = _read_logits(model, ids, plan, temperature)  # (M, V)
+    C, cols = ids.shape[1], slice(P - 1, ids.shape[1] - 1)
+    lp = rl.logprobs_from_logits(logits, ids.flatten()[plan.read_flat + 1])  # (M,): the token each position predicts
+    ent = None if entropy is None else varlen.to_grid(_entropy(logits, entropy), plan, C, cols)
+    return varlen.to_grid(lp, plan, C, cols), ent
+
+
+def _entropy(logits: torch.Tensor, grad: bool) -> torch.Tensor:
+    """Entropies of (..., V) logits; without `grad` the softmax stays out of the backward graph."""
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        z = logits if grad else logits.detach()
+        return rl.entropy_from_logits(z, torch.ones(z.shape[:-1], device=z.device))
 
 
 def critic_values(m: Models, ids: torch.Tensor, mask: torch.Tensor, P: int, packed: Packing = None) -> torch.Tensor:
@@ -218,11 +246,10 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
     with autocast(device):
         if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
             with m.policy.disable_adapter():
-                ref_logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature, packed)
+                ref_logprobs, _ = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)
         else:
-            ref_logits = policy_logits(m, m.reference, ids, mask, P, cfg.temperature, packed)
-        ref_logprobs = rl.logprobs_from_logits(ref_logits, samples.responses) * rmask  # (B, T)
-        del ref_logits
+            ref_logprobs, _ = policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)
+        ref_logprobs = ref_logprobs * rmask  # (B, T)
         # With one micro-batch per epoch the first value loss reads the critic, unchanged, on this
         # very batch: keep this forward's graph for it instead of running the same forward twice.
         with torch.set_grad_enabled(cfg.num_minibatches == 1 and cfg.grad_accum == 1):
@@ -252,17 +279,15 @@ def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor
     ids, mask, rmask, T, packed = rows
     P = exp.prompt_len
     with autocast(ids.device):
-        logits = policy_logits(m, m.policy, ids, mask, P, cfg.temperature, packed)  # (b, T, V)
-        logprobs = rl.logprobs_from_logits(logits, ids[:, P:])
+        want = True if cfg.entropy_coef else (False if log_entropy else None)  # False: for the record only
+        logprobs, ent = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed, entropy=want)  # (b, T)
         loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
         stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
-        if cfg.entropy_coef:
-            entropy = rl.masked_mean(rl.entropy_from_logits(logits, rmask), rmask)
-            loss = loss - cfg.entropy_coef * entropy
+        if ent is not None:
+            entropy = rl.masked_mean(ent, rmask)
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * entropy
             stats["policy/entropy"] = entropy.detach()
-        elif log_entropy:  # for the record only: keep the (b, T, V) softmax out of the backward graph
-            with torch.no_grad():
-                stats["policy/entropy"] = rl.masked_mean(rl.entropy_from_logits(logits.detach(), rmask), rmask)
     return loss, stats
 
 

@@ -8,7 +8,7 @@ from core import varlen
 from core.config import GenerationConfig
 from core.generation import generate
 from core.models import load_policy, load_tokenizer
-from core.ppo import Models, critic_values, policy_logits, response_layout
+from core.ppo import Models, critic_values, policy_logits, policy_logprobs, response_layout
 from core.rl import logprobs_from_logits
 
 from test_seq_packing import batch, models
@@ -39,7 +39,10 @@ def forwards_agree(m, s, temperature=0.7):
     P = s.prompt_len
     lay = response_layout(s.attention_mask, P)
     for name, f in [("logits", lambda pk: policy_logits(m, m.policy, s.input_ids, s.attention_mask, P, temperature, pk)),
-                    ("values", lambda pk: critic_values(m, s.input_ids, s.attention_mask, P, pk))]:
+                    ("values", lambda pk: critic_values(m, s.input_ids, s.attention_mask, P, pk)),
+                    # logprobs and entropies straight from the (M, V) logits of the read positions
+                    ("logprobs", lambda pk: torch.stack(policy_logprobs(
+                        m, m.policy, s.input_ids, s.attention_mask, P, temperature, pk, entropy=True), -1))]:
         outs, grads = [], []
         for plan in (False, lay):
             m.policy.zero_grad()
