@@ -9,7 +9,7 @@ hidden states back into the (B, P + T) layout the losses use.
 
 Same contract as core.pair_packing: the model must take a custom 4D mask and read positions from
 position_ids; models.packing_refusal turns away flash-attention, sliding windows and non-attention
-layers, and core.ppo checks the rest on the first real batch and pads where they disagree.
+layers, and core.ppo_forwards checks the rest on the first real batch and pads where they disagree.
 GPT-2 models take core.varlen instead, which needs no shared rows and skips all the padding.
 """
 from __future__ import annotations

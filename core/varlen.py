@@ -16,7 +16,7 @@ no read output and is dropped. The last block computes keys and values at every 
 its projection, MLP and final norm only at the read positions (as core.last_layer does).
 
 The same arithmetic on fewer rows: the tests compare logits, values and gradients with the
-model's own padded forward. Other architectures take core.ppo's padded or packed forwards.
+model's own padded forward. Other architectures take core.ppo_forwards' packed or padded forwards.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""core.seq_packing and core.ppo's packed forwards: the same logits, values and gradients as padding."""
+"""core.seq_packing and core.ppo_forwards' packed forwards: the same logits, values and gradients as padding."""
 from types import SimpleNamespace
 
 import pytest
@@ -6,10 +6,11 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Lfm2Config, MistralConfig,
                           Qwen2Config)
 
-import core.ppo as ppo
+import core.ppo_forwards as ppo
 from core.generation import Samples
 from core.models import packing_refusal
-from core.ppo import Models, critic_values, packing_agrees, policy_logits
+from core.ppo import Models
+from core.ppo_forwards import critic_values, packing_agrees, policy_logits
 from core.seq_packing import pack_batch, packed_mask
 
 from test_pair_packing import tiny_bloom

@@ -3,12 +3,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-import core.ppo as ppo
+import core.ppo_forwards as forwards
 from core import varlen
 from core.config import GenerationConfig
 from core.generation import generate
 from core.models import load_policy, load_tokenizer
-from core.ppo import Models, critic_values, policy_logits, policy_logprobs, response_layout
+from core.ppo import Models
+from core.ppo_forwards import critic_values, policy_logits, policy_logprobs, response_layout
 from core.rl import logprobs_from_logits
 
 from test_seq_packing import batch, models
@@ -61,7 +62,7 @@ def test_varlen_forwards_equal_padded_ones(impl, tiny_tokenizer):
     m = models("gpt2", tiny_tokenizer, impl)
     assert varlen.supported(m.policy) and varlen.supported(m.critic)
     s = batch(tiny_tokenizer)
-    assert isinstance(ppo._plan(m, m.policy, s.input_ids, s.attention_mask, 4, None), varlen.Layout)
+    assert isinstance(forwards._plan(m, m.policy, s.input_ids, s.attention_mask, 4, None), varlen.Layout)
     forwards_agree(m, s)
 
 
@@ -86,7 +87,7 @@ def test_other_architectures_and_gpt2_variants_take_the_model_forward(tiny_token
     s = batch(tiny_tokenizer)
     assert not varlen.supported(m.policy)
     lay = response_layout(s.attention_mask, 4)
-    assert not isinstance(ppo._plan(m, m.policy, s.input_ids, s.attention_mask, 4, lay), varlen.Layout)
+    assert not isinstance(forwards._plan(m, m.policy, s.input_ids, s.attention_mask, 4, lay), varlen.Layout)
     layer_scaled = AutoModelForCausalLM.from_config(GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=len(tiny_tokenizer), scale_attn_by_inverse_layer_idx=True))
     assert not varlen.supported(layer_scaled)
