@@ -17,6 +17,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
                           AutoTokenizer, PreTrainedModel)
 
 from .config import DEFAULT_MODEL
+from .rl import last_token_index
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -157,7 +158,7 @@ def packing_refusal(model: PreTrainedModel) -> str | None:
 def plain_gpt2_attention(config) -> bool:
     """A GPT-2 config whose attention is the textbook one (1/sqrt(d) scaling, no layer-index scaling,
     no fp32 upcast reordering, no cross-attention): what the GPT-2 fast paths (core.fastdecode,
-    core.last_layer) reimplement. Any other GPT-2 takes the model's own forward."""
+    core.last_layer, core.varlen) reimplement. Any other GPT-2 takes the model's own forward."""
     return (config.model_type == "gpt2" and getattr(config, "scale_attn_weights", True)
             and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
             and not getattr(config, "reorder_and_upcast_attn", False)
@@ -192,7 +193,4 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     side and for models whose pad token equals EOS (where EOS ends every scored text).
     """
     scores = token_scores(model, input_ids, attention_mask)  # (B, L)
-    L = attention_mask.shape[1]
-    pos = torch.arange(L, device=attention_mask.device).expand_as(attention_mask)
-    last = torch.where(attention_mask.bool(), pos, -1).max(dim=1).values  # (B,)
-    return scores.gather(1, last.clamp(min=0)[:, None]).squeeze(1)
+    return scores.gather(1, last_token_index(attention_mask).clamp(min=0)[:, None]).squeeze(1)

@@ -19,6 +19,7 @@ import torch
 
 from . import varlen
 from .models import score_head, sequence_scores
+from .rl import last_token_index
 
 
 class PromptTooLongError(ValueError):
@@ -94,8 +95,7 @@ def last_token_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     if not varlen.supported(model):
         return sequence_scores(model, ids, mask)
     col = torch.arange(mask.shape[1], device=mask.device)
-    last = torch.where(mask.bool(), col, -1).max(1).values  # (B,)
-    lay = varlen.make_layout(mask, col == last[:, None])  # one read per row, in row order
+    lay = varlen.make_layout(mask, col == last_token_index(mask)[:, None])  # one read per row, in row order
     return score_head(model)(varlen.read_hidden(model, ids, lay)).squeeze(-1)
 
 

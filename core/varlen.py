@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import backbone, plain_gpt2_attention
+from .rl import last_token_index
 
 
 @dataclass
@@ -54,7 +55,7 @@ def make_layout(attention_mask: torch.Tensor, read: torch.Tensor) -> Layout:
     if (read & ~mask).any():
         raise ValueError("a read position must be an attended token")
     col = torch.arange(C, device=mask.device)
-    last_read = torch.where(read, col, -1).max(1).values  # (B,)
+    last_read = last_token_index(read)  # (B,)
     keep = mask & (col <= last_read[:, None])  # (B, C): later tokens feed no read output
     pos = mask.long().cumsum(1) - 1  # (B, C)
     tokens = keep.flatten().nonzero().squeeze(1)  # (N,)
