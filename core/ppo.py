@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rl, varlen
+from . import overlap, rl, varlen
 from .config import GenerationConfig, PPOConfig
 from .generation import Samples, decode_responses, generate
 from .models import autocast
@@ -58,6 +58,7 @@ class Models:
     reward_tokenizer: object
     reference: torch.nn.Module | None = None  # None: LoRA policy, reference = adapter disabled
     packed: bool | None = None  # padding-free forwards (core.seq_packing); None = not checked yet
+    overlap: bool = False  # run the policy's and the critic's work side by side (core/overlap.py)
 
 
 class NonFiniteError(FloatingPointError):
@@ -126,16 +127,20 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
         m.packed = all(map(varlen.supported, (m.policy, m.critic))) or packing_agrees(m, samples)
     packed = shared_plan(m, ids, mask, P)
     with autocast(device):
-        if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
-            with m.policy.disable_adapter():
-                ref_logprobs, _ = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)
-        else:
-            ref_logprobs, _ = policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)
+        def reference():
+            if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
+                with m.policy.disable_adapter():
+                    return policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)[0]
+            return policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)[0]
+
+        def critic():
+            # With one micro-batch per epoch the first value loss reads the critic, unchanged, on this
+            # very batch: keep this forward's graph for it instead of running the same forward twice.
+            with torch.set_grad_enabled(cfg.num_minibatches == 1 and cfg.grad_accum == 1):
+                return critic_values(m, ids, mask, P, packed)  # (B, T)
+
+        values_graph, ref_logprobs = overlap.pair(critic, reference, m.overlap)
         ref_logprobs = ref_logprobs * rmask  # (B, T)
-        # With one micro-batch per epoch the first value loss reads the critic, unchanged, on this
-        # very batch: keep this forward's graph for it instead of running the same forward twice.
-        with torch.set_grad_enabled(cfg.num_minibatches == 1 and cfg.grad_accum == 1):
-            values_graph = critic_values(m, ids, mask, P, packed)  # (B, T)
         values = values_graph.detach() * rmask
     rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
                                    cfg.kl_estimator)  # clipping already done in score()
@@ -156,8 +161,9 @@ def trimmed(m: Models, exp: Experience, idx: torch.Tensor):
 
 
 def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig,
-                log_entropy: bool, rows) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate (- entropy bonus) on rows `idx`; `rows` = trimmed(m, exp, idx)."""
+                log_entropy: bool, rows, weight: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (- entropy bonus) on rows `idx`, backpropagated x `weight`; `rows` =
+    trimmed(m, exp, idx). Returns the (detached) loss and its stats."""
     ids, mask, rmask, T, packed = rows
     P = exp.prompt_len
     with autocast(ids.device):
@@ -170,11 +176,14 @@ def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * entropy
             stats["policy/entropy"] = entropy.detach()
-    return loss, stats
+    (loss * weight).backward()
+    return loss.detach(), stats
 
 
-def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, rows) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss on rows `idx`; `rows` = trimmed(m, exp, idx)."""
+def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, rows,
+               weight: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss on rows `idx`, backpropagated x vf_coef x `weight`; `rows` =
+    trimmed(m, exp, idx). Returns the (detached) loss and its stats."""
     ids, mask, rmask, T, packed = rows
     with autocast(ids.device):
         if exp.values_graph is not None and len(idx) == len(exp.input_ids):  # the whole batch, critic unchanged
@@ -182,16 +191,17 @@ def value_part(m: Models, exp: Experience, idx: torch.Tensor, cfg: PPOConfig, ro
         else:
             values = critic_values(m, ids, mask, exp.prompt_len, packed)  # (b, T)
         loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], rmask, cfg.cliprange_value)
-    return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
+    (cfg.vf_coef * loss * weight).backward()
+    return loss.detach(), {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 
 
 def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimizers: list, step: int,
            check_stop, dist) -> dict:
     """ppo_epochs x num_minibatches x grad_accum over the batch, fresh shuffles each epoch.
 
-    adv: (B, T) the advantages the loss uses (whitened or not, by the caller). `dist` sums over
-    processes and all-reduces gradients (no-ops in one process). Returns stats averaged over
-    every micro-batch.
+    optimizers: [policy's, critic's]. adv: (B, T) the advantages the loss uses (whitened or not, by
+    the caller). `dist` sums over processes and all-reduces gradients (no-ops in one process).
+    Returns stats averaged over every micro-batch.
     """
     B = exp.input_ids.shape[0]
     mb_size = max(1, B // cfg.num_minibatches)
@@ -211,26 +221,26 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
             for ms in range(0, len(mb), micro):
                 idx = mb[ms:ms + micro]
                 weight = exp.response_mask[idx].sum() / mb_tokens * dist.world
-                # Policy backward before the critic's forward: the two graphs never live together.
                 rows = trimmed(m, exp, idx)
-                pg_loss, stats = policy_part(m, exp, idx, adv, cfg, epoch == 0, rows)
-                check_finite("loss/policy", pg_loss.detach(), step, dist)
-                (pg_loss * weight).backward()
-                vf_loss, vstats = value_part(m, exp, idx, cfg, rows)
-                check_finite("loss/value", vf_loss.detach(), step, dist)
-                (cfg.vf_coef * vf_loss * weight).backward()
+                # The critic's half beside the policy's on a CPU (core/overlap.py); else the policy's
+                # backward ends before the critic's forward and the two graphs never live together.
+                (vf_loss, vstats), (pg_loss, stats) = overlap.pair(
+                    lambda: value_part(m, exp, idx, cfg, rows, weight),
+                    lambda: policy_part(m, exp, idx, adv, cfg, epoch == 0, rows, weight), m.overlap)
+                check_finite("loss/policy", pg_loss, step, dist)  # collectives: here, in one order
+                check_finite("loss/value", vf_loss, step, dist)
                 stats.update(vstats)
-                stats["loss/total"] = pg_loss.detach() + cfg.vf_coef * vf_loss.detach()
+                stats["loss/total"] = pg_loss + cfg.vf_coef * vf_loss
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n += 1
                 n_first += epoch == 0
                 epoch_kl.append(stats["policy/approx_kl"])
-            for opt, ps in zip(optimizers, params):
+            for ps in params:
                 dist.sync_grads(ps)
-                torch.nn.utils.clip_grad_norm_(ps, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            (pol, pol_ps), (crit, crit_ps) = zip(optimizers, params)
+            overlap.pair(lambda: optimizer_step(crit, crit_ps, cfg.max_grad_norm),
+                         lambda: optimizer_step(pol, pol_ps, cfg.max_grad_norm), m.overlap)
             check_stop()
         if cfg.target_kl is not None and float(dist.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
             break
@@ -238,6 +248,12 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
            for k, v in totals.items()}
     out["policy/epochs"] = float(epoch + 1)
     return out
+
+
+def optimizer_step(opt, params: list, max_grad_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def opt_params(opt) -> list:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import rl
+from . import overlap, rl
 from .checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from .config import PPOConfig, save_config
 from .models import (disable_dropout, distributed_on_cpu, load_policy, load_reference, load_scalar_model,
@@ -195,6 +195,7 @@ def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
         raise ValueError(f"{resume} has no checkpoint to resume from")
     m = load_models(cfg, device, policy_from=ckpt and str(ckpt / "policy"), critic_from=ckpt and str(ckpt / "critic"))
     optimizers = make_optimizers(m, cfg)
+    m.overlap = cfg.overlap_models and overlap.worthwhile(device)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
               else rl.FixedKLController(cfg.kl_coef))
     start = 0
