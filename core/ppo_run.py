@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import overlap, rl
+from . import heap, overlap, rl
 from .checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from .config import PPOConfig, save_config
 from .models import (disable_dropout, distributed_on_cpu, load_policy, load_reference, load_scalar_model,
@@ -196,6 +196,8 @@ def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
     m = load_models(cfg, device, policy_from=ckpt and str(ckpt / "policy"), critic_from=ckpt and str(ckpt / "critic"))
     optimizers = make_optimizers(m, cfg)
     m.overlap = cfg.overlap_models and overlap.worthwhile(device)
+    if torch.device(device).type == "cpu":
+        heap.keep_freed_memory()
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
               else rl.FixedKLController(cfg.kl_coef))
     start = 0
