@@ -120,3 +120,16 @@ def test_score_texts_takes_the_padding_free_forward_with_the_same_scores(tiny_to
         plain = sequence_scores(critic, ids, mask)
         torch.testing.assert_close(last_token_scores(critic, ids, mask), plain, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(score_texts(critic, tiny_tokenizer, prompts, responses), plain, atol=1e-5, rtol=1e-4)
+
+
+def test_causal_attention_is_sdpas_causal_attention_with_gradients():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    go = torch.randn(3, 2, 7, 8, dtype=torch.float64)
+    ours = varlen.causal_attention(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        torch.testing.assert_close(a, b)
+    # query 0 sees key 0 only: its output is v[..., 0, :]
+    torch.testing.assert_close(ours[:, :, 0], v[:, :, 0])
