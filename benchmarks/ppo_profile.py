@@ -3,7 +3,9 @@
 Runs in bench_ppo_speed's child process: timers around the step's phases (rollout, score,
 make_experience, update, and inside them each model's forward, backward, clipping, optimizer
 steps; core/ is only wrapped from outside, never edited) and torch.profiler's top operators over
-one more step. Kept apart from the race so each file stays readable.
+one more step. Kept apart from the race so each file stays readable. With `overlap_models` (on by
+default on a CPU) the policy's and the critic's parts of make_experience and the update run on
+two threads at once, so their nested rows' wall times overlap and add up to more than the phase.
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ def child_profile(args) -> dict:
     rss["after the profiled step"] = peak_rss_mb()
     return {"step_s": total / n, "step_cpu_s": total_cpu / n, "phases": phases, "phases_cpu": phases_cpu,
             "profiler_table": table, "resp_len": lens, "rss_mb": rss,
-            "threads": torch.get_num_threads(), "steps": n}
+            "threads": torch.get_num_threads(), "steps": n, "overlap": m.overlap}
 
 
 def print_profile(res: dict) -> None:
@@ -139,6 +141,8 @@ def print_profile(res: dict) -> None:
     print(f"our PPO step, mean of {res['steps']} steps after warm-up: {step:.3f} s/step wall, "
           f"{step_cpu:.3f} CPU s/step ({res['threads']} threads, "
           f"mean response length {statistics.mean(res['resp_len']):.1f})")
+    if res.get("overlap"):
+        print("policy | critic side by side (overlap_models): nested rows of make_experience and update overlap")
     print(f"{'phase (nested: phase/part)':<50} {'wall s':>8} {'share':>7} {'CPU s':>8} {'share':>7}")
 
     def row(name, w, c):

@@ -6,7 +6,7 @@ each with every core, the cores spend much of each operator waiting at its fork/
 and the Python between operators runs on one core while the others idle. The policy's and the
 critic's forward, backward and optimizer step share no tensor that either writes, so they can
 run at once, each with half the cores per operator. On the 2-core benchmark machine that made
-the update ~9% faster (`benchmarks/bench_ppo_speed.py`; the closing note of session 10).
+the update 9-13% faster (per-step and update-only A/B runs in one process; session 10's note).
 
 Torch keeps grad mode per thread, so the background job runs under the caller's grad mode.
 Collectives (several processes) stay on the calling thread, in the same order on every process:

@@ -45,3 +45,12 @@ def ppo_dirs(tmp_path_factory, tiny_tokenizer):
         tiny_tokenizer.save_pretrained(root / name)
     (root / "prompts.txt").write_text("\n".join(PPO_PROMPTS) + "\n")
     return root
+
+
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for the test, whatever the machine (core.overlap halves them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -254,20 +254,29 @@ def test_prompt_batches_cycle_through_every_prompt():
     assert sorted(seen[:5]) == prompts and sorted(seen[5:10]) == prompts
 
 
-def test_the_first_epoch_reuses_the_critic_forward_of_make_experience(dirs, tmp_path, monkeypatch):
-    # one micro-batch per epoch: the first value loss reads the unchanged critic on the same batch,
-    # so make_experience's forward (kept with its graph) serves it; the update must be the same
+def first_batch(cfg, tmp_path):
+    """A trainer from setup() and its first rollout, scored: (trainer, prompts, samples, responses,
+    scores, raw scores)."""
     import core.ppo as ppo
-    from core.ppo_run import setup, whiten_global
+    from core.ppo_run import setup
     from core.runs import Run
-    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2)
     tr, _ = setup(cfg, Run(tmp_path / "run", "ppo"), None)
     m = tr.models
     prompts = prompt_batch(tr.prompts, 0, cfg.batch_size, cfg.seed)
     samples = ppo.rollout(m, prompts, cfg, torch.rand(cfg.batch_size, cfg.response_length,
                                                     generator=torch.Generator().manual_seed(0)))
     responses = ppo.decode_responses(m.tokenizer, samples)
-    scores, raw = ppo.score(m, prompts, responses, samples, cfg)
+    return (tr, prompts, samples, responses) + ppo.score(m, prompts, responses, samples, cfg)
+
+
+def test_the_first_epoch_reuses_the_critic_forward_of_make_experience(dirs, tmp_path, monkeypatch):
+    # one micro-batch per epoch: the first value loss reads the unchanged critic on the same batch,
+    # so make_experience's forward (kept with its graph) serves it; the update must be the same
+    import core.ppo as ppo
+    from core.ppo_run import whiten_global
+    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2)
+    tr, prompts, samples, responses, scores, raw = first_batch(cfg, tmp_path)
+    m = tr.models
     start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
     calls = []
     forward = ppo.critic_values
@@ -291,3 +300,41 @@ def test_the_first_epoch_reuses_the_critic_forward_of_make_experience(dirs, tmp_
     assert after[0][0]["loss/value"] == pytest.approx(after[1][0]["loss/value"], rel=1e-5)
     cfg2 = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, num_minibatches=2)  # two micro-batches: no reuse
     assert ppo.make_experience(m, samples, prompts, responses, scores, raw, 0.1, cfg2).values_graph is None
+
+
+def test_the_overlapped_update_is_the_sequential_update(dirs, tmp_path, two_threads):
+    # on a CPU, make_experience (reference | critic) and the update (policy | critic, and both
+    # optimizer steps) side by side (core/overlap.py) give the experience and the trained weights
+    # of the one-after-the-other run
+    import core.ppo as ppo
+    from core.ppo_run import whiten_global
+    cfg = cfg_for(dirs, tmp_path / "run", num_minibatches=2)
+    tr, prompts, samples, responses, scores, raw = first_batch(cfg, tmp_path)
+    m = tr.models
+    assert m.overlap  # on by default on a CPU with two threads
+    start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
+    flat = lambda x: torch.cat([p.detach().flatten().clone() for p in x.parameters()])  # noqa: E731
+    initial = [flat(m.policy), flat(m.critic)]
+    results = []
+    for side_by_side in (True, False):
+        m.overlap = side_by_side
+        for x, sd in zip((m.policy, m.critic), start):
+            x.load_state_dict(sd)
+        opts = [torch.optim.AdamW(m.policy.parameters(), lr=1e-3), torch.optim.AdamW(m.critic.parameters(), lr=1e-3)]
+        exp = ppo.make_experience(m, samples, prompts, responses, scores, raw, 0.1, cfg)
+        adv = whiten_global(exp.advantages, exp.response_mask.float(), tr.dist)
+        stats = ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
+        weights = [flat(m.policy), flat(m.critic)]
+        results.append((exp, stats, weights))
+    (e1, s1, w1), (e2, s2, w2) = results
+    torch.testing.assert_close(e1.ref_logprobs, e2.ref_logprobs)
+    torch.testing.assert_close(e1.values, e2.values)
+    for a, b, w0 in zip(w1, w2, initial):
+        assert (a - w0).abs().max() > 1e-4  # it trained
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        # a clip fraction counts ties decided by rounding (the first minibatch's ratio is 1, its
+        # values are the old ones): one token may flip with the threads' summation order
+        tol = 1 / e1.response_mask.sum().item() if "clipfrac" in k else 1e-6
+        assert s1[k] == pytest.approx(s2[k], rel=1e-4, abs=tol), k
