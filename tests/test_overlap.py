@@ -43,29 +43,21 @@ def test_pair_keeps_the_callers_grad_mode_in_the_background(two_threads):
 def test_pair_raises_only_after_both_jobs_finished(two_threads):
     done = []
 
-    def slow_fg():
-        time.sleep(0.2)
-        done.append("fg")
+    def slow(name):
+        return lambda: time.sleep(0.2) or done.append(name)
 
-    def failing_bg():
-        raise ValueError("background broke")
+    def failing(error):
+        def f():
+            raise error
+        return f
 
     with pytest.raises(ValueError, match="background broke"):
-        overlap.pair(failing_bg, slow_fg, True)
-    assert done == ["fg"] and torch.get_num_threads() == 2
-
-    def slow_bg():
-        time.sleep(0.2)
-        done.append("bg")
-
-    def failing_fg():
-        raise KeyError("foreground broke")
-
+        overlap.pair(failing(ValueError("background broke")), slow("fg"), True)
     with pytest.raises(KeyError, match="foreground broke"):
-        overlap.pair(slow_bg, failing_fg, True)
-    assert done == ["fg", "bg"] and torch.get_num_threads() == 2
+        overlap.pair(slow("bg"), failing(KeyError("foreground broke")), True)
+    assert done == ["fg", "bg"] and torch.get_num_threads() == 2  # the slow job finished each time
     with pytest.raises(KeyError):  # both fail: the foreground's error wins
-        overlap.pair(failing_bg, failing_fg, True)
+        overlap.pair(failing(ValueError()), failing(KeyError()), True)
 
 
 def test_worthwhile_only_on_a_cpu_with_two_threads(two_threads):
