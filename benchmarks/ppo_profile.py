@@ -4,8 +4,9 @@ Runs in bench_ppo_speed's child process: timers around the step's phases (rollou
 make_experience, update, and inside them each model's forward, backward, clipping, optimizer
 steps; core/ is only wrapped from outside, never edited) and torch.profiler's top operators over
 one more step. Kept apart from the race so each file stays readable. With `overlap_models` (on by
-default on a CPU) the policy's and the critic's parts of make_experience and the update run on
-two threads at once, so their nested rows' wall times overlap and add up to more than the phase.
+default on a CPU) the policy's and the critic's parts of score (where the policy's first-epoch
+forward runs too) and of the update run on two threads at once, so their nested rows' wall times
+overlap and add up to more than the phase.
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def print_profile(res: dict) -> None:
           f"{step_cpu:.3f} CPU s/step ({res['threads']} threads, "
           f"mean response length {statistics.mean(res['resp_len']):.1f})")
     if res.get("overlap"):
-        print("policy | critic side by side (overlap_models): nested rows of make_experience and update overlap")
+        print("policy | critic side by side (overlap_models): nested rows of score and update overlap")
     print(f"{'phase (nested: phase/part)':<50} {'wall s':>8} {'share':>7} {'CPU s':>8} {'share':>7}")
 
     def row(name, w, c):

@@ -43,6 +43,8 @@ class Experience:
     responses: list[str]
     values_graph: torch.Tensor | None = None  # (B, T) `values` still attached to the critic's graph: the
                                               # first epoch's value loss when one micro-batch is the batch
+    policy_graph: tuple | None = None  # ((B, T) logprobs, (B, T) entropies) attached to the policy's graph:
+                                       # the first epoch's policy loss, likewise (see score())
 
     @property
     def responses_ids(self) -> torch.Tensor:  # (B, T)
@@ -84,17 +86,69 @@ def rollout(m: Models, prompts: list[str], cfg: PPOConfig, uniforms: torch.Tenso
 
 
 # ---------------------------------------------------------------- 2. score
-@torch.no_grad()
-def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig,
-          reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores used for the reward, raw reward-model scores), both (B,).
+@dataclass
+class Scored:
+    """What the four models say of a rollout of B episodes with T response tokens."""
+    raw_scores: torch.Tensor          # (B,) the reward model's output
+    ref_logprobs: torch.Tensor        # (B, T) frozen reference, 0 after a row's end
+    values: torch.Tensor              # (B, T) critic, 0 after a row's end
+    values_graph: torch.Tensor | None  # (B, T) `values` still attached to the critic's graph, or None
+    policy_graph: tuple | None        # ((B, T) logprobs, (B, T) entropies) attached to the policy's graph, or None
+
+
+def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig) -> Scored:
+    """The reward model, the reference and the critic read the rollout (the policy already did, as
+    it sampled). No collectives here.
 
     The reward model reads prompt + response + EOS as text in its own tokenizer (one scoring
-    convention, core/scoring.py). Then: the missing-EOS penalty, standardisation with the RM's
-    stored training mean/std, optional batch whitening (seed 003), clipping (seed 001).
-    `reduce` sums tensors over processes so whitening uses global batch statistics.
+    convention, core/scoring.py). With one micro-batch per epoch the first epoch's losses read
+    these very rows through still unchanged weights, so the critic's forward keeps its graph for
+    the first value loss instead of running twice; and when the two sides run at once (core/
+    overlap.py) the policy's first-epoch forward runs here too, beside the reward model's, where
+    the two threads' loads balance (its backward waits for the advantages, in the update).
     """
-    raw = score_texts(m.reward, m.reward_tokenizer, prompts, responses).float().to(samples.input_ids.device)  # (B,)
+    ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
+    rmask = samples.response_mask.float()
+    if m.packed is None:
+        m.packed = all(map(varlen.supported, (m.policy, m.critic))) or packing_agrees(m, samples)
+    packed = shared_plan(m, ids, mask, P)
+    whole = cfg.num_minibatches == 1 and cfg.grad_accum == 1
+    early_policy = whole and m.overlap
+
+    def reward():
+        with torch.no_grad():
+            return score_texts(m.reward, m.reward_tokenizer, prompts, responses).float().to(ids.device)  # (B,)
+
+    def critic_side():
+        with torch.set_grad_enabled(whole):
+            values = critic_values(m, ids, mask, P, packed)  # (B, T)
+        return values, reward() if early_policy else None
+
+    def policy_side():
+        with torch.no_grad():
+            if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
+                with m.policy.disable_adapter():
+                    ref = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)[0]
+            else:
+                ref = policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)[0]
+        if not early_policy:
+            return ref, None, None
+        with torch.enable_grad():
+            lp_ent = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed, entropy=bool(cfg.entropy_coef))
+        return ref, lp_ent, None
+
+    raw = None if early_policy else reward()  # else beside the policy's forward
+    with autocast(ids.device):
+        (values, raw_bg), (ref, lp_ent, _) = overlap.pair(critic_side, policy_side, m.overlap)
+    return Scored(raw if raw is not None else raw_bg, ref * rmask, values.detach() * rmask,
+                  values if values.requires_grad else None, lp_ent)
+
+
+@torch.no_grad()
+def shape_scores(m: Models, raw: torch.Tensor, samples: Samples, cfg: PPOConfig, reduce=None) -> torch.Tensor:
+    """The score put on each episode's last token, (B,): the missing-EOS penalty, standardisation
+    with the RM's stored training mean/std, optional batch whitening (seed 003), clipping (seed
+    001). `reduce` sums tensors over processes so whitening uses global batch statistics."""
     s = raw.clone()
     if cfg.missing_eos_penalty:
         eos = m.tokenizer.eos_token_id
@@ -113,41 +167,23 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
         s = (s - mean) / (var ** 0.5 + 1e-8)
     if cfg.score_clip is not None:
         s = s.clamp(-cfg.score_clip, cfg.score_clip)
-    return s, raw
+    return s
 
 
 # ---------------------------------------------------------------- 3. advantages
 @torch.no_grad()
-def make_experience(m: Models, samples: Samples, prompts: list[str], responses: list[str],
-                    scores: torch.Tensor, raw_scores: torch.Tensor, kl_coef: float, cfg: PPOConfig) -> Experience:
-    ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
+def make_experience(m: Models, samples: Samples, prompts: list[str], responses: list[str], scored: Scored,
+                    kl_coef: float, cfg: PPOConfig, reduce=None) -> Experience:
+    """Per-token rewards (KL penalty, the shaped score on the last token) and GAE. `reduce`: as in
+    shape_scores (a collective: every process calls this in the same order)."""
     rmask = samples.response_mask.float()
-    device = ids.device
-    if m.packed is None:
-        m.packed = all(map(varlen.supported, (m.policy, m.critic))) or packing_agrees(m, samples)
-    packed = shared_plan(m, ids, mask, P)
-    with autocast(device):
-        def reference():
-            if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
-                with m.policy.disable_adapter():
-                    return policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)[0]
-            return policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)[0]
-
-        def critic():
-            # With one micro-batch per epoch the first value loss reads the critic, unchanged, on this
-            # very batch: keep this forward's graph for it instead of running the same forward twice.
-            with torch.set_grad_enabled(cfg.num_minibatches == 1 and cfg.grad_accum == 1):
-                return critic_values(m, ids, mask, P, packed)  # (B, T)
-
-        values_graph, ref_logprobs = overlap.pair(critic, reference, m.overlap)
-        ref_logprobs = ref_logprobs * rmask  # (B, T)
-        values = values_graph.detach() * rmask
-    rewards, kl = rl.token_rewards(scores, samples.logprobs, ref_logprobs, rmask, kl_coef,
-                                   cfg.kl_estimator)  # clipping already done in score()
-    advantages, returns = rl.gae(rewards, values, rmask, cfg.gamma, cfg.lam)
-    return Experience(ids, mask, samples.response_mask, P, samples.logprobs, ref_logprobs, values, kl,
-                      rewards, advantages, returns, scores, raw_scores, prompts, responses,
-                      values_graph if values_graph.requires_grad else None)
+    scores = shape_scores(m, scored.raw_scores, samples, cfg, reduce)
+    rewards, kl = rl.token_rewards(scores, samples.logprobs, scored.ref_logprobs, rmask, kl_coef,
+                                   cfg.kl_estimator)  # clipping already done in shape_scores
+    advantages, returns = rl.gae(rewards, scored.values, rmask, cfg.gamma, cfg.lam)
+    return Experience(samples.input_ids, samples.attention_mask, samples.response_mask, samples.prompt_len,
+                      samples.logprobs, scored.ref_logprobs, scored.values, kl, rewards, advantages, returns,
+                      scores, scored.raw_scores, prompts, responses, scored.values_graph, scored.policy_graph)
 
 
 # ---------------------------------------------------------------- 4. update
@@ -167,8 +203,12 @@ def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor
     ids, mask, rmask, T, packed = rows
     P = exp.prompt_len
     with autocast(ids.device):
-        want = True if cfg.entropy_coef else (False if log_entropy else None)  # False: for the record only
-        logprobs, ent = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed, entropy=want)  # (b, T)
+        if exp.policy_graph is not None and len(idx) == len(exp.input_ids):  # the whole batch, policy unchanged
+            (logprobs, ent), exp.policy_graph = exp.policy_graph, None  # used once: the step changes it
+            logprobs, ent = logprobs[idx, :T], None if ent is None else ent[idx, :T]  # (b, T)
+        else:
+            want = True if cfg.entropy_coef else (False if log_entropy else None)  # False: for the record only
+            logprobs, ent = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed, entropy=want)  # (b, T)
         loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], rmask, cfg.cliprange)
         stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
         if ent is not None:
@@ -298,5 +338,5 @@ def token_records(exp: Experience, tokenizer, step: int, k: int, kl_coef: float,
     return out
 
 
-__all__ = ["Experience", "Models", "rollout", "score", "make_experience", "update", "decode_responses",
+__all__ = ["Experience", "Models", "Scored", "rollout", "score", "shape_scores", "make_experience", "update", "decode_responses",
            "experience_metrics", "token_records", "check_finite", "NonFiniteError"]
