@@ -97,8 +97,8 @@ class Scored:
 
 
 def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig) -> Scored:
-    """The reward model, the reference and the critic read the rollout (the policy already did, as
-    it sampled). No collectives here.
+    """The reward model, the reference and the critic read the rollout (the policy did as it
+    sampled, and may again here: below). No collectives here.
 
     The reward model reads prompt + response + EOS as text in its own tokenizer (one scoring
     convention, core/scoring.py). With one micro-batch per epoch the first epoch's losses read
@@ -132,16 +132,16 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
             else:
                 ref = policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)[0]
         if not early_policy:
-            return ref, None, None
-        with torch.enable_grad():
-            lp_ent = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed, entropy=bool(cfg.entropy_coef))
-        return ref, lp_ent, None
+            return ref, None
+        with torch.enable_grad():  # (B, T) logprobs and entropies
+            return ref, policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed,
+                                        entropy=bool(cfg.entropy_coef))
 
-    raw = None if early_policy else reward()  # else beside the policy's forward
+    raw = None if early_policy else reward()  # else on the critic's side, beside the policy's forward
     with autocast(ids.device):
-        (values, raw_bg), (ref, lp_ent, _) = overlap.pair(critic_side, policy_side, m.overlap)
-    return Scored(raw if raw is not None else raw_bg, ref * rmask, values.detach() * rmask,
-                  values if values.requires_grad else None, lp_ent)
+        (values, raw_beside), (ref, policy_graph) = overlap.pair(critic_side, policy_side, m.overlap)
+    return Scored(raw_beside if early_policy else raw, ref * rmask, values.detach() * rmask,
+                  values if values.requires_grad else None, policy_graph)
 
 
 @torch.no_grad()
