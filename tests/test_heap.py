@@ -45,4 +45,7 @@ def test_freed_memory_is_reused_instead_of_faulted_back_in():
     assert kept[0] > 0.9 * pages  # the first step faults its pages in once
     assert sum(kept[1:]) < 2 * pages  # later steps reuse them (nine steps' worth of pages)
     _, default = faults(False)
-    assert sum(default[1:]) > 5 * pages  # glibc's defaults hand them back and fault them in again
+    # glibc's defaults hand them back and fault them in again; how often varies (its mmap threshold
+    # adapts to freed sizes, and each thread may get another arena): 4.9-6.8 steps' worth of
+    # pages in the nine in 7 runs here, so the bound is 3
+    assert sum(default[1:]) > 3 * pages
