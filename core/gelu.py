@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 C1 = 2 * math.sqrt(2 / math.pi)  # 2u = x (C1 + C2 x^2)
 C2 = C1 * 0.044715
@@ -28,6 +29,7 @@ class _SigmoidGELU(torch.autograd.Function):
         return x * s
 
     @staticmethod
+    @once_differentiable  # s is treated as a constant below: no second derivatives
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         # d/dx x s(2u) = s + x s (1 - s) d(2u)/dx,   d(2u)/dx = C1 + 3 C2 x^2
         x, s = ctx.saved_tensors

@@ -119,13 +119,13 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
         with torch.no_grad():
             return score_texts(m.reward, m.reward_tokenizer, prompts, responses).float().to(ids.device)  # (B,)
 
-    def critic_side():
-        with torch.set_grad_enabled(whole):
+    def critic_side():  # autocast, like grad mode, is per thread: set inside each side
+        with torch.set_grad_enabled(whole), autocast(ids.device):
             values = critic_values(m, ids, mask, P, packed)  # (B, T)
         return values, reward() if early_policy else None
 
     def policy_side():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(ids.device):
             if m.reference is None:  # LoRA: the reference is the same weights with the adapter off
                 with m.policy.disable_adapter():
                     ref = policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed)[0]
@@ -133,13 +133,12 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
                 ref = policy_logprobs(m, m.reference, ids, mask, P, cfg.temperature, packed)[0]
         if not early_policy:
             return ref, None
-        with torch.enable_grad():  # (B, T) logprobs and entropies
+        with torch.enable_grad(), autocast(ids.device):  # (B, T) logprobs and entropies
             return ref, policy_logprobs(m, m.policy, ids, mask, P, cfg.temperature, packed,
                                         entropy=bool(cfg.entropy_coef))
 
     raw = None if early_policy else reward()  # else on the critic's side, beside the policy's forward
-    with autocast(ids.device):
-        (values, raw_beside), (ref, policy_graph) = overlap.pair(critic_side, policy_side, m.overlap)
+    (values, raw_beside), (ref, policy_graph) = overlap.pair(critic_side, policy_side, m.overlap)
     return Scored(raw_beside if early_policy else raw, ref * rmask, values.detach() * rmask,
                   values if values.requires_grad else None, policy_graph)
 

@@ -267,13 +267,15 @@ def first_batch(cfg, tmp_path):
     return tr, prompts, samples, ppo.decode_responses(m.tokenizer, samples)
 
 
-def test_the_first_epoch_reuses_the_forwards_of_the_score_phase(dirs, tmp_path, monkeypatch, two_threads):
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # entropy for the record / in the loss (with its graph)
+def test_the_first_epoch_reuses_the_forwards_of_the_score_phase(dirs, tmp_path, monkeypatch, two_threads,
+                                                                 entropy_coef):
     # one micro-batch per epoch: the first epoch's losses read the unchanged policy and critic on
     # the same rows, so the score phase's forwards (kept with their graphs) serve them; the update
     # must be the one that runs those forwards again
     import core.ppo as ppo
     from core.ppo_run import whiten_global
-    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2)
+    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, entropy_coef=entropy_coef)
     tr, prompts, samples, responses = first_batch(cfg, tmp_path)
     m = tr.models
     assert m.overlap  # the policy's forward moves to the score phase only when the sides run at once
