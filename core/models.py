@@ -75,7 +75,7 @@ def load_tokenizer(path: str = DEFAULT_MODEL):
     return tok
 
 
-def use_fused_gelu(model: torch.nn.Module) -> torch.nn.Module:
+def use_fast_gelu(model: torch.nn.Module) -> torch.nn.Module:
     """Swap GPT-2's `gelu_new` (tanh GELU built from five elementwise ops; about 14% of a PPO
     update on CPU) for core.gelu's: torch's fused kernel on GPU and for small tensors, a sigmoid
     form that avoids the CPU's slow tanh otherwise (outputs differ by < 1e-6)."""
@@ -96,7 +96,7 @@ def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, t
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except ValueError as e:
         raise ValueError(f"{path} is not a causal language model: {e}") from None
-    use_fused_gelu(model).to(device or pick_device())
+    use_fast_gelu(model).to(device or pick_device())
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     model.train(trainable)
     model.requires_grad_(trainable)
@@ -119,7 +119,7 @@ def load_scalar_model(path: str, device: torch.device | None = None, trainable: 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id if pad_token_id is not None else model.config.eos_token_id
-    use_fused_gelu(model).to(device or pick_device())
+    use_fast_gelu(model).to(device or pick_device())
     model.train(trainable)
     model.requires_grad_(trainable)
     return model

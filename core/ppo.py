@@ -43,8 +43,8 @@ class Experience:
     responses: list[str]
     values_graph: torch.Tensor | None = None  # (B, T) `values` still attached to the critic's graph: the
                                               # first epoch's value loss when one micro-batch is the batch
-    policy_graph: tuple | None = None  # ((B, T) logprobs, (B, T) entropies) attached to the policy's graph:
-                                       # the first epoch's policy loss, likewise (see score())
+    policy_graph: tuple[torch.Tensor, torch.Tensor | None] | None = None  # ((B, T) logprobs, (B, T)
+    # entropies) on the policy's graph: the first epoch's policy loss, likewise (see score())
 
     @property
     def responses_ids(self) -> torch.Tensor:  # (B, T)
@@ -93,7 +93,8 @@ class Scored:
     ref_logprobs: torch.Tensor        # (B, T) frozen reference, 0 after a row's end
     values: torch.Tensor              # (B, T) critic, 0 after a row's end
     values_graph: torch.Tensor | None  # (B, T) `values` still attached to the critic's graph, or None
-    policy_graph: tuple | None        # ((B, T) logprobs, (B, T) entropies) attached to the policy's graph, or None
+    policy_graph: tuple[torch.Tensor, torch.Tensor | None] | None  # ((B, T) logprobs, (B, T) entropies)
+                                                                   # on the policy's graph, or None
 
 
 def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig) -> Scored:

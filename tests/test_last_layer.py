@@ -49,7 +49,7 @@ def test_shortcut_equals_full_forward_on_a_tiny_gpt2(impl):
 
 
 def test_shortcut_equals_full_forward_on_the_embedded_model():
-    model = load_scalar_model(DEFAULT_MODEL, torch.device("cpu"), trainable=True)  # fused GELU swapped in
+    model = load_scalar_model(DEFAULT_MODEL, torch.device("cpu"), trainable=True)  # fast GELU swapped in
     disable_dropout(model)
     assert _gpt2_shortcut_ok(model)
     compare(model, model.config._attn_implementation)
