@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import rl, varlen
-from .generation import Samples, response_logits
+from .generation import Samples, response_logits, scaled
 from .models import packing_refusal, score_head, token_scores
 from .seq_packing import PackedBatch, pack_batch, packed_hidden, unpack
 
@@ -69,11 +69,11 @@ def policy_logits(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: in
     if plan is None:
         return response_logits(model, ids, mask, P, temperature)
     hidden = unpack(packed_hidden(model, plan), plan, cols)  # (B, T, H)
-    return model.get_output_embeddings()(hidden).float() / temperature
+    return scaled(model.get_output_embeddings()(hidden), temperature)
 
 
 def _read_logits(model, ids: torch.Tensor, lay: varlen.Layout, temperature: float) -> torch.Tensor:  # (M, V)
-    return model.get_output_embeddings()(varlen.read_hidden(model, ids, lay)).float() / temperature
+    return scaled(model.get_output_embeddings()(varlen.read_hidden(model, ids, lay)), temperature)
 
 
 def policy_logprobs(m: Models, model, ids: torch.Tensor, mask: torch.Tensor, P: int, temperature: float,
