@@ -5,7 +5,8 @@
 (0.5 (1 + tanh(u)) = sigmoid(2u) exactly.) Why: this torch build's CPU tanh has no fast vector
 path on AVX2 (~4 ns per element, against ~1 for sigmoid), and aten's tanh-GELU forward and backward
 both go through it. On a PPO update's (470, 1024) MLP activations, one thread, forward + backward
-take 4.2 ms with aten's kernels and 2.6 ms here; a PPO step is 4-6% faster (session 11's note).
+take 4.2 ms with aten's kernels and 2.6 ms here; a PPO step gains ~0-2% (session 12's note: the
+4-6% of session 11's per-step A/B was biased by its step order).
 On CUDA, and for a decode step's small tensors, aten's one fused kernel is used: there one
 kernel beats five.
 """

@@ -103,7 +103,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
         decoder = make_decoder(model, ids, mask, T, fast)
         logits = decoder.start(ids)
         for t in range(T):
-            logp = torch.log_softmax(logits / cfg.temperature, -1)  # (B, V), the full scaled distribution
+            logp = torch.log_softmax(scaled(logits, cfg.temperature), -1)  # (B, V), the full scaled distribution
             u = None if uniforms is None else uniforms[:, t].to(device)
             truncated = cfg.top_k or cfg.top_p < 1.0
             probs = torch.softmax(filter_logits(logp, cfg.top_k, cfg.top_p), -1) if truncated else logp.exp()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_estimate,
-                     masked_mean, pairwise_loss, policy_loss, token_rewards, value_loss, whiten)
+                     logprobs_from_logits, masked_mean, pairwise_loss, policy_loss, token_rewards, value_loss, whiten)
 
 T = torch.tensor
 
@@ -162,6 +162,16 @@ def test_losses_and_whiten_on_all_masked_rows_and_length_one_responses():
     close(whiten(T([[5., 1]]), T([[1, 0]])), [[0., 0]])  # one value: mean 5, var 0 -> 0, finite
     close(whiten(T([[5., 1]]), T([[0, 0]])), [[0., 0]])
     close(entropy_from_logits(T([[[1., 2.], [0., 0.]]]), T([[0, 0]])), [[0., 0.]])
+
+
+def test_logprobs_from_logits_by_hand():
+    # logits [0, ln 3] -> p = [1/4, 3/4]; token 1: ln 3/4; token 0: ln 1/4. Rows (2, 2, V=2).
+    z = T([[[0., math.log(3)], [0., math.log(3)]]], requires_grad=True)
+    lp = logprobs_from_logits(z, T([[1, 0]]))
+    close(lp, [[math.log(0.75), math.log(0.25)]])
+    # d log p_k / d z = onehot(k) - p: [-1/4, 1/4] for token 1, [3/4, -3/4] for token 0
+    lp.sum().backward()
+    close(z.grad, [[[-0.25, 0.25], [0.75, -0.75]]])
 
 
 def test_entropy_from_logits_by_hand():
