@@ -7,7 +7,8 @@ all. For each trainer (children of bench_ppo_speed.py, same settings):
   1. a timed run: seconds per step in steady state (as bench_ppo_speed.py measures it);
   2. a counted run under torch.utils.flop_counter.FlopCounterMode: the FLOPs of matrix products
      (mm, addmm, bmm, ...) per step. Attention on CPU is not counted (a few % here), so this is
-     a lower bound on the arithmetic;
+     a lower bound on the arithmetic. The counter sees only its own thread, so our counted run
+     does the policy's and the critic's work in sequence (overlap_models off: the same products);
   3. the matmul rate of this machine now, at the step's shapes: bare torch.mm for the forward and
      backward products of a GPT-2 block's four linear layers and an LM head, fp32, on as many
      tokens as one PPO batch.

@@ -113,7 +113,10 @@ def ours_config(args, out_dir: str):
         learning_rate=args.lr, critic_learning_rate=args.lr, kl_coef=args.kl_coef, kl_target=None,
         kl_estimator="k1", whiten_advantages=True, entropy_coef=0.0, vf_coef=0.1, cliprange=0.2,
         cliprange_value=0.2, gamma=1.0, lam=0.95, critic_init="reward", lora_rank=0,
-        gold_judge="vader" if args.gold else None, save_every=10 ** 9, seed=args.seed, output_dir=out_dir)
+        gold_judge="vader" if args.gold else None, save_every=10 ** 9, seed=args.seed, output_dir=out_dir,
+        # FlopCounterMode (bench_compute_floor.py) sees only its own thread's operators: count with the
+        # policy's and the critic's work on one thread (the same arithmetic, in sequence)
+        overlap_models=not os.environ.get("BENCH_COUNT_FLOPS"))
 
 
 def child_ours(args) -> dict:

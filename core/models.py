@@ -172,6 +172,13 @@ def backbone(model: PreTrainedModel) -> torch.nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+def block_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The direct children of each transformer block (attention, MLP, norms): modules that every
+    forward path calls, the padding-free ones included (core.overlap.chains hooks them)."""
+    blocks = max((x for x in model.modules() if isinstance(x, torch.nn.ModuleList)), key=len, default=[])
+    return [c for b in blocks for c in b.children()]
+
+
 def score_head(model: PreTrainedModel) -> torch.nn.Module:
     """The linear head of a sequence-classification model (`score` for decoder-only models)."""
     for name in ("score", "classifier"):

@@ -18,7 +18,8 @@ import torch
 from . import overlap, rl, varlen
 from .config import GenerationConfig, PPOConfig
 from .generation import Samples, decode_responses, generate
-from .models import autocast
+from .models import autocast, block_parts
+from .ppo_epochs import EpochGate, Micro, minibatch_plan, train_chain
 from .ppo_forwards import critic_values, packing_agrees, policy_logprobs, shared_plan
 from .scoring import score_texts
 
@@ -61,6 +62,12 @@ class Models:
     reference: torch.nn.Module | None = None  # None: LoRA policy, reference = adapter disabled
     packed: bool | None = None  # padding-free forwards (core.seq_packing); None = not checked yet
     overlap: bool = False  # run the policy's and the critic's work side by side (core/overlap.py)
+
+
+def all_block_parts(m: Models) -> list[torch.nn.Module]:
+    """The transformer blocks' parts of all four models (where core.overlap checks whether a
+    side left alone can take every thread)."""
+    return [p for x in (m.policy, m.reference, m.critic, m.reward) if x is not None for p in block_parts(x)]
 
 
 class NonFiniteError(FloatingPointError):
@@ -139,7 +146,7 @@ def score(m: Models, prompts: list[str], responses: list[str], samples: Samples,
                                         entropy=bool(cfg.entropy_coef))
 
     raw = None if early_policy else reward()  # else on the critic's side, beside the policy's forward
-    (values, raw_beside), (ref, policy_graph) = overlap.pair(critic_side, policy_side, m.overlap)
+    (values, raw_beside), (ref, policy_graph) = overlap.pair(critic_side, policy_side, m.overlap, all_block_parts(m))
     return Scored(raw_beside if early_policy else raw, ref * rmask, values.detach() * rmask,
                   values if values.requires_grad else None, policy_graph)
 
@@ -187,15 +194,6 @@ def make_experience(m: Models, samples: Samples, prompts: list[str], responses: 
 
 
 # ---------------------------------------------------------------- 4. update
-def trimmed(m: Models, exp: Experience, idx: torch.Tensor):
-    """The rows `idx` without trailing columns that are padding in all of them, and their packing
-    (made once here for both the policy and the critic forward; False = pad)."""
-    P = exp.prompt_len
-    T = int(exp.response_mask[idx].sum(1).max().clamp(min=1))
-    ids, mask = exp.input_ids[idx, :P + T], exp.attention_mask[idx, :P + T]
-    return ids, mask, exp.response_mask[idx, :T].float(), T, shared_plan(m, ids, mask, P)
-
-
 def policy_part(m: Models, exp: Experience, idx: torch.Tensor, adv: torch.Tensor, cfg: PPOConfig,
                 log_entropy: bool, rows, weight: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate (- entropy bonus) on rows `idx`, backpropagated x `weight`; `rows` =
@@ -241,63 +239,37 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
 
     optimizers: [policy's, critic's]. adv: (B, T) the advantages the loss uses (whitened or not, by
     the caller). `dist` sums over processes and all-reduces gradients (no-ops in one process).
-    Returns stats averaged over every micro-batch.
+    The two models share no weights, so each runs its epochs as a chain of its own: side by side
+    on a CPU in one process (core/overlap.py: neither waits for the other between epochs), else
+    minibatch by minibatch in turn. Returns stats averaged over every micro-batch that has them.
     """
-    B = exp.input_ids.shape[0]
-    mb_size = max(1, B // cfg.num_minibatches)
-    micro = max(1, mb_size // cfg.grad_accum)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    params = [opt_params(o) for o in optimizers]
-    totals: dict[str, torch.Tensor] = {}
-    n = n_first = 0  # micro-batches in all epochs / in the first (where entropy is logged)
-    for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=g).to(exp.input_ids.device)
-        epoch_kl = []
-        for start in range(0, B - mb_size + 1, mb_size):
-            mb = perm[start:start + mb_size]
-            # Weight each micro-batch's token-mean loss by its share of the minibatch's tokens on
-            # all processes: the summed gradient is then the token mean of the whole minibatch.
-            mb_tokens = dist.sum(exp.response_mask[mb].sum().float()).clamp(min=1)
-            for ms in range(0, len(mb), micro):
-                idx = mb[ms:ms + micro]
-                weight = exp.response_mask[idx].sum() / mb_tokens * dist.world
-                rows = trimmed(m, exp, idx)
-                # The critic's half beside the policy's on a CPU (core/overlap.py); else the policy's
-                # backward ends before the critic's forward and the two graphs never live together.
-                (vf_loss, vstats), (pg_loss, stats) = overlap.pair(
-                    lambda: value_part(m, exp, idx, cfg, rows, weight),
-                    lambda: policy_part(m, exp, idx, adv, cfg, epoch == 0, rows, weight), m.overlap)
-                check_finite("loss/policy", pg_loss, step, dist)  # collectives: here, in one order
-                check_finite("loss/value", vf_loss, step, dist)
-                stats.update(vstats)
-                stats["loss/total"] = pg_loss + cfg.vf_coef * vf_loss
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                n += 1
-                n_first += epoch == 0
-                epoch_kl.append(stats["policy/approx_kl"])
-            for ps in params:
-                dist.sync_grads(ps)
-            (pol, pol_ps), (crit, crit_ps) = zip(optimizers, params)
-            overlap.pair(lambda: optimizer_step(crit, crit_ps, cfg.max_grad_norm),
-                         lambda: optimizer_step(pol, pol_ps, cfg.max_grad_norm), m.overlap)
-            check_stop()
-        if cfg.target_kl is not None and float(dist.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
-            break
-    out = {k: float(v / (n_first if k == "policy/entropy" and not cfg.entropy_coef else n))
-           for k, v in totals.items()}
-    out["policy/epochs"] = float(epoch + 1)
+    plan = minibatch_plan(m, exp, cfg, step, dist)
+    gate = EpochGate(cfg.target_kl, dist)
+    pstats: list[tuple[int, dict]] = []
+    vstats: list[tuple[int, dict]] = []
+
+    def policy(e: int, mic: Micro) -> dict:
+        loss, stats = policy_part(m, exp, mic.idx, adv, cfg, e == 0, mic.rows, mic.weight)
+        check_finite("loss/policy", loss, step, dist)
+        return stats
+
+    def value(e: int, mic: Micro) -> dict:
+        loss, stats = value_part(m, exp, mic.idx, cfg, mic.rows, mic.weight)
+        check_finite("loss/value", loss, step, dist)
+        return stats
+
+    decide = lambda e: gate.decide(e, [s["policy/approx_kl"] for ep, s in pstats if ep == e - 1])  # noqa: E731
+    overlap.chains(train_chain(plan, value, optimizers[1], cfg, check_stop, dist, gate.follow, vstats),
+                   train_chain(plan, policy, optimizers[0], cfg, check_stop, dist, decide, pstats),
+                   m.overlap and dist.world == 1, on_error=gate.close,
+                   modules=all_block_parts(m))
+    out: dict[str, float] = {}
+    for k in {k for _, s in pstats + vstats for k in s}:
+        vals = [s[k] for _, s in pstats + vstats if k in s]
+        out[k] = float(torch.stack(vals).mean())
+    out["loss/total"] = out["loss/policy"] + cfg.vf_coef * out["loss/value"]
+    out["policy/epochs"] = float(max(e for e, _ in pstats) + 1)
     return out
-
-
-def optimizer_step(opt, params: list, max_grad_norm: float) -> None:
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def opt_params(opt) -> list:
-    return [p for group in opt.param_groups for p in group["params"]]
 
 
 # ---------------------------------------------------------------- summaries of a step

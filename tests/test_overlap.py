@@ -65,3 +65,72 @@ def test_worthwhile_only_on_a_cpu_with_two_threads(two_threads):
     assert not overlap.worthwhile("cuda")
     torch.set_num_threads(1)
     assert not overlap.worthwhile("cpu")
+
+
+def test_chains_in_lockstep_take_turns_and_side_by_side_run_free(two_threads):
+    log = []
+
+    def gen(name, n, wait=None, release=None):
+        for i in range(n):
+            if wait is not None and i == 1:
+                assert wait.wait(5), f"{name} waited in vain: the other side did not run ahead"
+            log.append((name, i, threading.get_ident()))
+            if release is not None and i == 2:
+                release.set()
+            yield
+
+    here = threading.get_ident()
+    overlap.chains(gen("bg", 2), gen("fg", 4), False)  # lockstep: fg first; the longer one drains
+    assert [(n, i) for n, i, _ in log] == [("fg", 0), ("bg", 0), ("fg", 1), ("bg", 1), ("fg", 2), ("fg", 3)]
+    assert {t for *_, t in log} == {here}
+    # side by side: the foreground's second step waits until the background has done three,
+    # which lockstep could never give (it would stop there with the assertion)
+    log.clear()
+    ahead = threading.Event()
+    overlap.chains(gen("bg", 4, release=ahead), gen("fg", 3, wait=ahead), True)
+    fg_steps = [i for n, i, _ in log if n == "fg"]
+    assert fg_steps == [0, 1, 2] and sorted(i for n, i, _ in log if n == "bg") == [0, 1, 2, 3]
+    assert {t for n, _, t in log if n == "fg"} == {here} and here not in {t for n, _, t in log if n == "bg"}
+    assert torch.get_num_threads() == 2
+
+
+def test_chains_stop_the_other_side_when_one_fails(two_threads):
+    steps, released = [], []
+
+    def endless():
+        while True:
+            steps.append(1)
+            time.sleep(0.01)
+            yield
+
+    def failing():
+        yield
+        raise ValueError("background broke")
+
+    with pytest.raises(ValueError, match="background broke"):
+        overlap.chains(failing(), endless(), True, on_error=lambda: released.append(True))
+    assert released == [True] and 0 < len(steps) < 100  # the endless side stopped at a yield
+    assert torch.get_num_threads() == 2
+
+
+def test_the_side_left_running_takes_every_thread_at_its_next_hooked_call(two_threads):
+    lin = torch.nn.Linear(2, 2)
+    seen = []
+    bg_over = threading.Event()
+
+    def short():  # ends at once
+        yield
+        bg_over.set()
+
+    def long():
+        seen.append(torch.get_num_threads())  # both running: half each
+        assert bg_over.wait(5)
+        time.sleep(0.05)  # let the background's drain record its end
+        seen.append(torch.get_num_threads())  # no hooked call yet: still half
+        lin(torch.ones(1, 2, requires_grad=True)).sum().backward()  # forward hook (and backward hook)
+        seen.append(torch.get_num_threads())
+        yield
+
+    overlap.chains(short(), long(), True, modules=[lin])
+    assert seen == [1, 1, 2]
+    assert torch.get_num_threads() == 2 and not lin._forward_hooks  # restored, hooks removed

@@ -319,6 +319,31 @@ def test_the_first_epoch_reuses_the_forwards_of_the_score_phase(dirs, tmp_path, 
     assert scored.values_graph is None and scored.policy_graph is None
 
 
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_the_critic_runs_the_epochs_the_policy_ran(dirs, tmp_path, two_threads, side_by_side):
+    # each model runs its epochs as a chain of its own (core.ppo.update); when the policy's approx
+    # KL passes target_kl the critic must stop after the same epoch, also when it runs ahead on its
+    # own thread. Without target_kl both run every epoch.
+    import core.ppo as ppo
+    from core.ppo_run import whiten_global
+    for target_kl, epochs in ((1e-9, None), (None, 4)):
+        cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=4, num_minibatches=2, target_kl=target_kl)
+        tr, prompts, samples, responses = first_batch(cfg, tmp_path)
+        m = tr.models
+        m.overlap = side_by_side
+        opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
+        steps = {0: 0, 1: 0}
+        for i, opt in enumerate(opts):
+            opt.register_step_post_hook(lambda *a, i=i: steps.__setitem__(i, steps[i] + 1))
+        exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg),
+                                  0.1, cfg)
+        stats = ppo.update(m, exp, whiten_global(exp.advantages, exp.response_mask.float(), tr.dist), cfg, opts, 1,
+                           lambda: None, tr.dist)
+        ran = int(stats["policy/epochs"])
+        assert ran == (epochs or ran) and (epochs or ran < 4)
+        assert steps == {0: 2 * ran, 1: 2 * ran}  # two minibatches per epoch, each model
+
+
 @pytest.mark.parametrize("minibatches", [1, 2])
 def test_the_overlapped_update_is_the_sequential_update(dirs, tmp_path, two_threads, minibatches):
     # on a CPU, the score phase (critic | reference, with one minibatch also the reward model |
