@@ -173,8 +173,9 @@ def backbone(model: PreTrainedModel) -> torch.nn.Module:
 
 
 def block_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The direct children of each transformer block (attention, MLP, norms): modules that every
-    forward path calls, the padding-free ones included (core.overlap.chains hooks them)."""
+    """The direct children of each transformer block (attention, MLP, norms): modules the forward
+    paths call (the padding-free GPT-2 path calls the norms and the MLP, not attention's own
+    forward); core.overlap hooks them."""
     blocks = max((x for x in model.modules() if isinstance(x, torch.nn.ModuleList)), key=len, default=[])
     return [c for b in blocks for c in b.children()]
 

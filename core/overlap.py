@@ -9,7 +9,7 @@ run at once, each with half the cores per operator. On the 2-core benchmark mach
 the update 9-13% faster (per-step and update-only A/B runs in one process; session 10's note).
 
 `chains` runs the PPO update this way: each model's epochs are a generator of its own, and the
-two run free, neither waiting for the other between epochs. The two sides of a pair seldom end
+two run free, neither waiting for the other between epochs (but for target_kl's verdict). The two sides of a pair seldom end
 together; the one left running then takes every thread (`_Survivor`). On the 2-core machine the
 update got ~5% faster than pairing each micro-batch and each optimizer step (update-only A/B on
 one batch in one process, 24 alternated pairs, session 13).
@@ -134,4 +134,10 @@ def chains(background: Iterator, foreground: Iterator, overlap: bool, on_error: 
             raise
         finally:
             getattr(it, "close", lambda: None)()  # a generator left mid-way lets go of what it holds
-    pair(lambda: drain(background), lambda: drain(foreground), True, modules)
+    try:
+        pair(lambda: drain(background), lambda: drain(foreground), True, modules)
+    except BaseException:  # e.g. KeyboardInterrupt while waiting for the background: stop it too
+        if not failed.is_set():
+            failed.set()
+            on_error()
+        raise

@@ -264,10 +264,10 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
                    m.overlap and dist.world == 1, on_error=gate.close,
                    modules=all_block_parts(m))
     out: dict[str, float] = {}
-    for k in {k for _, s in pstats + vstats for k in s}:
-        vals = [s[k] for _, s in pstats + vstats if k in s]
-        out[k] = float(torch.stack(vals).mean())
-    out["loss/total"] = out["loss/policy"] + cfg.vf_coef * out["loss/value"]
+    for k in dict.fromkeys(k for _, s in pstats + vstats for k in s):  # first-seen order, as on every process
+        out[k] = float(torch.stack([s[k] for _, s in pstats + vstats if k in s]).mean())
+    bonus = cfg.entropy_coef * out["policy/entropy"] if cfg.entropy_coef else 0.0  # then in every micro-batch
+    out["loss/total"] = out["loss/policy"] - bonus + cfg.vf_coef * out["loss/value"]
     out["policy/epochs"] = float(max(e for e, _ in pstats) + 1)
     return out
 

@@ -4,7 +4,8 @@ core.ppo.update runs the policy's and the critic's epochs as two chains over one
 share no weights, so on a CPU each chain runs free on its own thread (core/overlap.py) and
 neither waits for the other between epochs; on a GPU, or with several processes (whose
 collectives must come in one order), they take turns minibatch by minibatch. The one thing that
-ties them is early stopping: the critic runs the epochs the policy's approx KL allowed.
+ties them is early stopping: the critic runs the epochs the policy's approx KL allowed (with
+target_kl set, it waits at each epoch's end for that verdict).
 """
 from __future__ import annotations
 
@@ -92,9 +93,10 @@ class EpochGate:
 
 
 def train_chain(plan: list, part, opt, cfg: PPOConfig, check_stop, dist, go_on, stats: list):
-    """One model's PPO epochs over `plan`: a generator that yields after each optimizer step.
-    part(epoch, micro) backpropagates a micro-batch and returns its stats; go_on(epoch) says
-    whether epoch > 0 runs; each micro-batch's (epoch, stats) go to `stats`."""
+    """One model's PPO epochs over `plan`: a generator that yields after each optimizer step
+    (and checks for a stop request when resumed). part(epoch, micro) backpropagates a micro-batch
+    and returns its stats; go_on(epoch) says whether epoch > 0 runs; each micro-batch's (epoch,
+    stats) go to `stats`."""
     params = opt_params(opt)
     for e, epoch in enumerate(plan):
         if e and not go_on(e):
@@ -104,8 +106,8 @@ def train_chain(plan: list, part, opt, cfg: PPOConfig, check_stop, dist, go_on, 
                 stats.append((e, part(e, mic)))
             dist.sync_grads(params)
             optimizer_step(opt, params, cfg.max_grad_norm)
+            yield  # before the stop check: a chain closed here (the other failed) leaves without one
             check_stop()
-            yield
 
 
 def optimizer_step(opt, params: list, max_grad_norm: float) -> None:

@@ -244,7 +244,9 @@ def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
     golds = [tr.gold(r) for r in responses] if tr.gold else None
     if golds:
         metrics["objective/gold"] = sum(golds) / len(golds)
-    metrics = {k: float(dist.mean(torch.tensor(v, dtype=torch.float64))) for k, v in metrics.items()}
+    keys = sorted(metrics)  # one order on every process, whatever order the dict was built in
+    means = dict(zip(keys, dist.mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64)).tolist()))
+    metrics = {k: means[k] for k in metrics}
     metrics.update({"time/rollout": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
                     "time/step": t3 - t0, "eps": cfg.batch_size / (t3 - t0)})
     records = token_records(exp, m.tokenizer, step, cfg.log_samples, tr.kl_ctl.value, golds)

@@ -97,8 +97,8 @@ def test_chains_in_lockstep_take_turns_and_side_by_side_run_free(two_threads):
 def test_chains_stop_the_other_side_when_one_fails(two_threads):
     steps, released = [], []
 
-    def endless():
-        while True:
+    def long():  # would run 20 s
+        for _ in range(2000):
             steps.append(1)
             time.sleep(0.01)
             yield
@@ -108,29 +108,39 @@ def test_chains_stop_the_other_side_when_one_fails(two_threads):
         raise ValueError("background broke")
 
     with pytest.raises(ValueError, match="background broke"):
-        overlap.chains(failing(), endless(), True, on_error=lambda: released.append(True))
-    assert released == [True] and 0 < len(steps) < 100  # the endless side stopped at a yield
+        overlap.chains(failing(), long(), True, on_error=lambda: released.append(True))
+    assert released == [True] and 0 < len(steps) < 2000  # the long side stopped at a yield
     assert torch.get_num_threads() == 2
 
 
 def test_the_side_left_running_takes_every_thread_at_its_next_hooked_call(two_threads):
-    lin = torch.nn.Linear(2, 2)
-    seen = []
-    bg_over = threading.Event()
+    # through the module's forward hook, and through the hook on its output in the backward
+    for path in ("forward", "backward"):
+        lin = torch.nn.Linear(2, 2)
+        seen = []
+        go, bg_over = threading.Event(), threading.Event()
 
-    def short():  # ends at once
-        yield
-        bg_over.set()
+        def short():  # ends when told to
+            assert go.wait(5)
+            yield
+            bg_over.set()
 
-    def long():
-        seen.append(torch.get_num_threads())  # both running: half each
-        assert bg_over.wait(5)
-        time.sleep(0.05)  # let the background's drain record its end
-        seen.append(torch.get_num_threads())  # no hooked call yet: still half
-        lin(torch.ones(1, 2, requires_grad=True)).sum().backward()  # forward hook (and backward hook)
-        seen.append(torch.get_num_threads())
-        yield
+        def long():
+            y = lin(torch.ones(1, 2, requires_grad=True))  # both running: no switch
+            seen.append(torch.get_num_threads())  # half each
+            go.set()
+            assert bg_over.wait(5)
+            seen.append(torch.get_num_threads())  # no hooked call since: still half
+            deadline = time.monotonic() + 5  # the short side's end is recorded just after bg_over
+            while torch.get_num_threads() == 1 and time.monotonic() < deadline:
+                if path == "forward":
+                    lin(torch.ones(1, 2))
+                else:
+                    y.sum().backward(retain_graph=True)
+                time.sleep(0.001)
+            seen.append(torch.get_num_threads())
+            yield
 
-    overlap.chains(short(), long(), True, modules=[lin])
-    assert seen == [1, 1, 2]
-    assert torch.get_num_threads() == 2 and not lin._forward_hooks  # restored, hooks removed
+        overlap.chains(short(), long(), True, modules=[lin])
+        assert seen == [1, 1, 2], path
+        assert torch.get_num_threads() == 2 and not lin._forward_hooks  # restored, hooks removed

@@ -309,6 +309,9 @@ def test_the_first_epoch_reuses_the_forwards_of_the_score_phase(dirs, tmp_path, 
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     for k in ("loss/value", "loss/policy", "policy/entropy", "policy/approx_kl"):
         assert after[0][0][k] == pytest.approx(after[1][0][k], rel=1e-5, abs=1e-7), k
+    st = after[0][0]  # the total is the loss optimised: surrogate - entropy bonus + vf_coef x value loss
+    assert st["loss/total"] == pytest.approx(st["loss/policy"] - entropy_coef * st["policy/entropy"]
+                                             + cfg.vf_coef * st["loss/value"], rel=1e-6)
     # sequentially (a GPU, or one thread) the policy's forward stays in the update; with two
     # micro-batches neither graph is kept
     m.overlap = False
@@ -341,6 +344,9 @@ def test_the_critic_runs_the_epochs_the_policy_ran(dirs, tmp_path, two_threads, 
                            lambda: None, tr.dist)
         ran = int(stats["policy/epochs"])
         assert ran == (epochs or ran) and (epochs or ran < 4)
+        # one key order on every process (ppo_run averages the metrics over processes by key)
+        assert list(stats) == ["loss/policy", "policy/approx_kl", "policy/clipfrac", "policy/entropy",
+                               "loss/value", "val/clipfrac", "val/mean", "loss/total", "policy/epochs"]
         assert steps == {0: 2 * ran, 1: 2 * ran}  # two minibatches per epoch, each model
 
 
