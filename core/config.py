@@ -86,7 +86,7 @@ class PPOConfig:
     score_clip: float | None = option(5.0, "Clip scores to +-this (null = off).", True)
     critic_init: str = option("reward", "Initialise the critic from the reward model or from the policy.", True, ("reward", "policy"))
     lora_rank: int = option(0, "LoRA rank for the policy (0 = full fine-tuning); the reference is the adapter switched off.", True)
-    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: their update epochs as two chains that do not wait for each other (but for target_kl's verdict; the one left running takes every core), and the policy's first-epoch forward in the score phase beside the reward model's (on 2 cores: updates 9-13% faster, then ~5% more for the chains, and steps about another 5%; the same update).", True)
+    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: their update epochs as two chains that do not wait for each other (but for target_kl's verdict; the one left running takes every core), and the policy's first-epoch forward in the score phase beside the reward model's (on 2 cores: updates 9-13% faster, then 3.5-5% more for the chains, and steps about another 5%; the same update).", True)
     gold_judge: str | None = option("vader", "Gold judge for objective/gold: 'vader' or null.", True)
     log_samples: int = option(4, "Samples per step written to tokens.jsonl.", True)
     save_every: int = option(25, "Checkpoint every N steps (and at the end).", True)

@@ -9,10 +9,11 @@ run at once, each with half the cores per operator. On the 2-core benchmark mach
 the update 9-13% faster (per-step and update-only A/B runs in one process; session 10's note).
 
 `chains` runs the PPO update this way: each model's epochs are a generator of its own, and the
-two run free, neither waiting for the other between epochs (but for target_kl's verdict). The two sides of a pair seldom end
-together; the one left running then takes every thread (`_Survivor`). On the 2-core machine the
-update got ~5% faster than pairing each micro-batch and each optimizer step (update-only A/B on
-one batch in one process, 24 alternated pairs, session 13).
+two run free, neither waiting for the other between epochs (but for target_kl's verdict). The
+two sides of a pair seldom end together; the one left running then takes every thread
+(`_Survivor`). On the 2-core machine the update got 3.5-5% faster than pairing each micro-batch
+and each optimizer step (update-only A/B on one batch in one process, 24 alternated pairs, twice;
+session 13).
 
 Torch keeps grad mode per thread, so the background job runs under the caller's grad mode.
 Collectives (several processes) stay on the calling thread, in the same order on every process:

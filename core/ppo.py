@@ -240,8 +240,8 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
     optimizers: [policy's, critic's]. adv: (B, T) the advantages the loss uses (whitened or not, by
     the caller). `dist` sums over processes and all-reduces gradients (no-ops in one process).
     The two models share no weights, so each runs its epochs as a chain of its own: side by side
-    on a CPU in one process (core/overlap.py: neither waits for the other between epochs), else
-    minibatch by minibatch in turn. Returns stats averaged over every micro-batch that has them.
+    on a CPU in one process (core/overlap.py: neither waits for the other between epochs, but
+    the critic for target_kl's verdict), else minibatch by minibatch in turn. Returns stats averaged over every micro-batch that has them.
     """
     plan = minibatch_plan(m, exp, cfg, step, dist)
     gate = EpochGate(cfg.target_kl, dist)
@@ -262,7 +262,7 @@ def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimi
     overlap.chains(train_chain(plan, value, optimizers[1], cfg, check_stop, dist, gate.follow, vstats),
                    train_chain(plan, policy, optimizers[0], cfg, check_stop, dist, decide, pstats),
                    m.overlap and dist.world == 1, on_error=gate.close,
-                   modules=all_block_parts(m))
+                   modules=block_parts(m.policy) + block_parts(m.critic))
     out: dict[str, float] = {}
     for k in dict.fromkeys(k for _, s in pstats + vstats for k in s):  # first-seen order, as on every process
         out[k] = float(torch.stack([s[k] for _, s in pstats + vstats if k in s]).mean())
