@@ -24,8 +24,9 @@ and episodes/s = batch * measured steps / wall time of the measured steps, where
 loop iteration (rollout, scoring, advantages, 4 epochs of updates, logging), timed from the end
 of one step to the end of the next on both sides (ours: around core.ppo_run.ppo_step plus the
 per-step records ppo_body writes; TRL: TrainerCallback.on_step_end timestamps). Differences
-left in on purpose: ours clips gradients (max_grad_norm) and TRL does not; TRL logs through
-the Trainer machinery; the mean response length of each side is printed, since both sample
+left in on purpose: ours clips gradients (max_grad_norm) and TRL does not; ours runs its linear
+layers through oneDNN (core/onednn.py), TRL's models through torch's default (MKL), fp32 both;
+TRL logs through the Trainer machinery; the mean response length of each side is printed, since both sample
 the same model but different random draws. The lengths drift apart as the policies learn: the
 two score a response that has no EOS differently (TRL reads its last token, ours appends EOS as
 the reward model was trained), so the policies learn different lengths, and an episode of

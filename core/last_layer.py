@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
+from . import onednn
 from .models import backbone, plain_gpt2_attention
 
 
@@ -23,7 +24,7 @@ def _gpt2_shortcut_ok(model) -> bool:
     """GPT-2 with the attention the shortcut reimplements, and a plain Conv1D qkv projection (the
     shortcut reads its weight; an adapter wrapped around it would be skipped)."""
     return (plain_gpt2_attention(model.config) and len(backbone(model).h) > 0
-            and type(backbone(model).h[-1].attn.c_attn) is Conv1D)
+            and type(backbone(model).h[-1].attn.c_attn) in (Conv1D, onednn.GPT2Conv1D))
 
 
 def _gpt2_hidden_at(model, input_ids, mask, position_ids, at) -> torch.Tensor:
@@ -36,9 +37,9 @@ def _gpt2_hidden_at(model, input_ids, mask, position_ids, at) -> torch.Tensor:
     rows = torch.arange(B, device=h.device)[:, None]
     x = last.ln_1(h)  # (B, L, H)
     w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: y = x @ w + b, w (H, 3H) = [q | k | v]
-    kv = torch.addmm(b[H:], x.reshape(-1, H), w[:, H:]).view(B, -1, 2, nh, H // nh)  # (B, L, 2, nh, d)
+    kv = onednn.linear(x, w[:, H:].t(), b[H:]).view(B, -1, 2, nh, H // nh)  # (B, L, 2, nh, d)
     k, v = kv.permute(2, 0, 3, 1, 4)  # each (B, nh, L, d)
-    q = (x[rows, at] @ w[:, :H] + b[:H]).view(B, -1, nh, H // nh).transpose(1, 2)  # (B, nh, k, d)
+    q = onednn.linear(x[rows, at], w[:, :H].t(), b[:H]).view(B, -1, nh, H // nh).transpose(1, 2)  # (B, nh, k, d)
     sel_mask = mask[rows, :, at].transpose(1, 2)  # (B, 1, k, L): the scored rows of the mask
     if sel_mask.dtype != torch.bool:  # eager's additive mask (0 = attend); sdpa wants bool or q's dtype
         sel_mask = sel_mask == 0

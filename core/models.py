@@ -18,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 
 from .config import DEFAULT_MODEL
 from .gelu import TanhGELU
+from .onednn import use_onednn
 from .rl import last_token_index
 
 
@@ -87,6 +88,13 @@ def use_fast_gelu(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def use_fast_kernels(model: torch.nn.Module, device: torch.device | None) -> torch.nn.Module:
+    """Move to the device, with core.gelu's GELU and, on the CPU, core.onednn's linear layers."""
+    device = device or pick_device()
+    use_fast_gelu(model).to(device)
+    return use_onednn(model) if torch.device(device).type == "cpu" else model
+
+
 def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, trainable: bool = True):
     check_model_dir(path)
     config = AutoConfig.from_pretrained(path)
@@ -96,7 +104,7 @@ def load_policy(path: str = DEFAULT_MODEL, device: torch.device | None = None, t
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except ValueError as e:
         raise ValueError(f"{path} is not a causal language model: {e}") from None
-    use_fast_gelu(model).to(device or pick_device())
+    use_fast_kernels(model, device)
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     model.train(trainable)
     model.requires_grad_(trainable)
@@ -119,7 +127,7 @@ def load_scalar_model(path: str, device: torch.device | None = None, trainable: 
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id if pad_token_id is not None else model.config.eos_token_id
-    use_fast_gelu(model).to(device or pick_device())
+    use_fast_kernels(model, device)
     model.train(trainable)
     model.requires_grad_(trainable)
     return model
