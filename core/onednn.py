@@ -46,8 +46,16 @@ def bucket_rows(m: int) -> int:
     return m // _row_step(m) * _row_step(m)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A weight as oneDNN's fast kernels take it: row- or column-major. Other strides (a slice of a
+    weight's columns, say) send a product to a reference kernel that ran 100-1000x slower (seconds
+    per product: a reward model's training went from 90 to 6 pairs/s), so those are copied.
+    Activations are made row-major (`.contiguous()`), since their rows get sliced."""
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
+
+
 def _onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")  # both dense (`_dense`)
 
 
 def _product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -80,35 +88,38 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, w, b):  # x (..., K), w (N, K), b (N,) or None
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _product(x.reshape(-1, x.shape[-1]), w, b).view(*x.shape[:-1], w.shape[0])
+        return _product(x.reshape(-1, x.shape[-1]).contiguous(), w, b).view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        g = gy.reshape(-1, w.shape[0])  # (M, N)
+        g = gy.reshape(-1, w.shape[0]).contiguous()  # (M, N)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = _product(g, w.t(), None).view(x.shape)  # dY W: (M, K)
         if ctx.needs_input_grad[1]:
-            dw = _grad_weight(g, x.reshape(-1, x.shape[-1]))  # dY^T X: (N, K)
+            dw = _grad_weight(g, x.reshape(-1, x.shape[-1]).contiguous())  # dY^T X: (N, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = g.sum(0)
         return dx, dw, db
 
 
 def _fits(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """CPU fp32, no autocast, and not a sliver: with under 16 outputs or inputs (a value head) a
+    oneDNN call costs ~0.1-0.3 ms of overhead for a few kFLOPs, ~10x F.linear's."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.numel() > 0 and not torch.is_autocast_enabled("cpu") and enabled())
+            and x.numel() > 0 and min(w.shape) >= 16 and not torch.is_autocast_enabled("cpu") and enabled())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias): x (..., K), weight (N, K) -> (..., N), through oneDNN where it fits."""
     if not _fits(x, weight):
         return F.linear(x, weight, bias)
+    weight = _dense(weight)  # (a copy is part of the graph: its gradient flows back to the view)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _Linear.apply(x, weight, bias)
-    return _product(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+    return _product(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias).view(*x.shape[:-1], weight.shape[0])
 
 
 @functools.cache

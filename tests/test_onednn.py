@@ -52,6 +52,9 @@ def test_a_transposed_weight_and_no_grad_work_too():
 def test_other_dtypes_and_a_switched_off_onednn_take_f_linear(monkeypatch):
     x, w = torch.randn(5, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
     assert torch.equal(onednn.linear(x, w), F.linear(x, w))  # float64: exactly F.linear
+    head = torch.randn(1, 32, requires_grad=True)  # a value head: one output, F.linear's
+    y = onednn.linear(torch.randn(7, 32), head)
+    assert "_Linear" not in type(y.grad_fn).__name__
     monkeypatch.setenv("RLHF_ONEDNN", "0")
     onednn.enabled.cache_clear()
     try:
@@ -94,3 +97,31 @@ def test_the_cpu_loaders_give_onednn_layers():
     model = load_policy(device=torch.device("cpu"), trainable=False)
     kinds = {type(m) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
     assert kinds == {onednn.Linear, onednn.GPT2Conv1D}
+
+
+@needs_onednn
+def test_onednn_only_sees_row_or_column_major_matrices(monkeypatch):
+    """Other strides (e.g. core.last_layer's slice of the qkv weight's columns) run oneDNN's
+    reference kernel, seconds per product: every operand must reach it dense."""
+    from core.last_layer import hidden_at
+    seen = []
+    real = onednn._onednn
+
+    def check(x, w, b):
+        for t in (x, w):
+            assert t.is_contiguous() or t.t().is_contiguous(), (t.shape, t.stride())
+        seen.append(x.shape)
+        return real(x, w, b)
+
+    monkeypatch.setattr(onednn, "_onednn", check)
+    torch.manual_seed(0)
+    model = onednn.use_onednn(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64,
+                                                         n_positions=32)))
+    ids = torch.randint(0, 64, (3, 20))
+    mask = torch.ones(3, 1, 20, 20).tril()
+    pos = torch.arange(20).expand(3, 20)
+    h = hidden_at(model, ids, mask, pos, torch.tensor([[19], [10], [5]]))  # the last block's shortcut
+    (h.sum() + model(ids, labels=ids).loss).backward()
+    assert len(seen) > 20 and all(p.grad is not None for p in model.parameters())
+    x, w = torch.randn(40, 24), torch.randn(24, 96)
+    torch.testing.assert_close(onednn.linear(x, w[:, 32:].t()), x @ w[:, 32:], rtol=1e-5, atol=1e-5)

@@ -382,9 +382,10 @@ def test_the_overlapped_update_is_the_sequential_update(dirs, tmp_path, two_thre
     torch.testing.assert_close(e1.values, e2.values)
     for a, b, w0 in zip(w1, w2, initial):
         assert (a - w0).abs().max() > 1e-4  # it trained
-        # one thread or two sum in different orders, and AdamW's first steps (~lr = 1e-3 each)
-        # turn a rounding-size gradient of a near-zero weight into a ~1e-6 difference
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # one thread or two sum in different orders (oneDNN's blocking depends on the thread
+        # count too), and AdamW's first steps (~lr = 1e-3 each) turn a rounding-size gradient of a
+        # near-zero weight into a difference of up to ~1e-5: 1% of what the 4 steps move a weight
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)
     assert s1.keys() == s2.keys()
     for k in s1:
         # a clip fraction counts ties decided by rounding (the first minibatch's ratio is 1, its
