@@ -18,6 +18,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
 
 from .config import DEFAULT_MODEL
 from .gelu import TanhGELU
+from .onednn import enabled as onednn_enabled
 from .onednn import use_onednn
 from .rl import last_token_index
 
@@ -48,7 +49,7 @@ def autocast(device: torch.device):
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}, bf16 autocast)"
-    return f"cpu ({torch.get_num_threads()} threads, fp32)"
+    return f"cpu ({torch.get_num_threads()} threads, fp32{', oneDNN linears' if onednn_enabled() else ''})"
 
 
 def check_model_dir(path: str) -> None:
