@@ -17,22 +17,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def median_s(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
@@ -42,6 +31,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     import torch.nn.functional as F
+
+    from bench_generation import timed as median_s  # median seconds of fn() after a warm-up call
 
     from core import onednn
     from core.models import load_policy
