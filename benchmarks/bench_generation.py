@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_MODEL, DEFAULT_PROMPTS, GenerationConfig  # noqa: E402
-from core.generation import generate  # noqa: E402
-from core.models import load_policy, load_tokenizer  # noqa: E402
+from core.models.generation import generate  # noqa: E402
+from core.models.loading import load_policy, load_tokenizer  # noqa: E402
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 30) -> float:

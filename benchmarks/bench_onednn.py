@@ -35,7 +35,7 @@ def main() -> None:
     from bench_generation import timed as median_s  # median seconds of fn() after a warm-up call
 
     from core import onednn
-    from core.models import load_policy
+    from core.models.loading import load_policy
     torch.set_num_threads(args.threads)
     if not onednn.enabled():
         raise SystemExit("oneDNN is not enabled in this torch build (or RLHF_ONEDNN=0): nothing to compare")

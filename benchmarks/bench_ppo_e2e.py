@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_MODEL, DEFAULT_PROMPTS, GenerationConfig, PPOConfig  # noqa: E402
-from core.generation import sample_texts  # noqa: E402
+from core.models.generation import sample_texts  # noqa: E402
 from core.ppo_run import ppo_step, setup  # noqa: E402
 from core.preferences import SentimentAnnotator  # noqa: E402
-from core.runs import Run  # noqa: E402
+from core.runtime.runs import Run  # noqa: E402
 
 
 def mean_gold(model, tok, prompts: list[str], seeds=(1000, 1001)) -> float:

@@ -124,7 +124,7 @@ def child_ours(args) -> dict:
     common_setup(args)
     import torch
     from core.ppo_run import ppo_step, setup
-    from core.runs import Run
+    from core.runtime.runs import Run
     out_dir = tempfile.mkdtemp(prefix="bench-ppo-ours-")
     try:
         cfg = ours_config(args, out_dir)

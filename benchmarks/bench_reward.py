@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_MODEL, DEFAULT_PROMPTS, GenerationConfig, RewardConfig  # noqa: E402
-from core.generation import sample_texts  # noqa: E402
-from core.models import load_policy, load_tokenizer  # noqa: E402
+from core.models.generation import sample_texts  # noqa: E402
+from core.models.loading import load_policy, load_tokenizer  # noqa: E402
 from core.preferences import SentimentAnnotator  # noqa: E402
-from core.reward_training import train_reward_model  # noqa: E402
-from core.runs import read_status  # noqa: E402
-from core.scoring import score_texts  # noqa: E402
+from core.reward.training import train_reward_model  # noqa: E402
+from core.runtime.runs import read_status  # noqa: E402
+from core.models.scoring import score_texts  # noqa: E402
 
 
 def make_pairs(model_dir: str, n: int, seed: int) -> list[dict]:

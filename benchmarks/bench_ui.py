@@ -105,7 +105,7 @@ def percentile(xs: list[float], q: float) -> float:
 
 def prepare(root: Path, policy: str, pairs: int) -> Path:
     """A workspace with a reward run (policy weights + fresh score head) and unlabelled pairs."""
-    from core.models import load_scalar_model, load_tokenizer
+    from core.models.loading import load_scalar_model, load_tokenizer
     from core.preferences import PreferenceStore
     ws = root / "ws"
     reward = ws / "runs" / "reward-bench"

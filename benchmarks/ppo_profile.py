@@ -24,7 +24,7 @@ def child_profile(args) -> dict:
     import core.fastdecode as fd
     import core.ppo as ppo
     import core.ppo_run as pr
-    from core.runs import Run
+    from core.runtime.runs import Run
     out_dir = tempfile.mkdtemp(prefix="bench-ppo-prof-")
     cfg = ours_config(args, out_dir)
     run = Run(out_dir, "ppo")
@@ -70,7 +70,7 @@ def child_profile(args) -> dict:
             add(f"{phase[0]}/{label} forward", starts.pop(label))
         return pre, post
 
-    from core.models import backbone
+    from core.models.heads import backbone
     # backbones: the packed forwards (core.seq_packing) call them directly, the padded ones through the model
     for label, mod in (("policy", backbone(m.policy)), ("reference", backbone(m.reference)),
                        ("critic", backbone(m.critic)), ("reward", backbone(m.reward))):

@@ -46,12 +46,12 @@ def main(argv=None) -> None:
             print(f"wrote {n} pairs to {args.out}")
         elif args.cmd == "train-rm":
             from .config import RewardConfig, load_config
-            from .reward_training import train_reward_model
+            from .reward.training import train_reward_model
             train_reward_model(load_config(RewardConfig, args.config, args.overrides))
         elif args.cmd == "ppo":
-            from .checkpoint import run_dir_of
+            from .runtime.checkpoint import run_dir_of
             from .config import PPOConfig, load_config
-            from .ppo_run import run_ppo
+            from .ppo.loop import run_ppo
             config = args.config
             if args.resume and not config:  # continue with the run's own settings (overrides still apply)
                 config = run_dir_of(args.resume) / "config.yaml"

@@ -1,7 +1,7 @@
 """One config dataclass per stage. The YAML file, the CLI's key=value overrides and the GUI form
 are three views of these fields; each field is documented once, in its `help` metadata.
 
-YAML keys are the field names (DESIGN.md, "Config files": a contract)."""
+YAML keys are the field names (docs/architecture.md, "Configs": a contract)."""
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +47,7 @@ class RewardConfig:
     center_coef: float = option(0.0, "Reward centering coefficient: + c * mean((r_c + r_r)^2). TRL recommends 0.01.", True)
     use_margin: bool = option(True, "Use the data's `margin` column when it has one.", True)
     eval_every: int = option(20, "Validate every N optimizer steps (and at the end).", True)
+    cpu_kernels: str = option("auto", "On a CPU: 'auto' measures oneDNN linears and a sigmoid-form GELU against torch's defaults once on this machine (cached per CPU model) and uses each only where it is faster, and keeps freed memory in the process; 'off' keeps torch's defaults. The same numbers either way. RLHF_ONEDNN=1/0 overrides the oneDNN choice.", True, ("auto", "off"))
     seed: int = option(0, "Seed for the split, shuffling and the value-head init.")
     output_dir: str = option("", "Run directory (empty = <workspace>/runs/<id> from the GUI).")
 
@@ -86,7 +87,8 @@ class PPOConfig:
     score_clip: float | None = option(5.0, "Clip scores to +-this (null = off).", True)
     critic_init: str = option("reward", "Initialise the critic from the reward model or from the policy.", True, ("reward", "policy"))
     lora_rank: int = option(0, "LoRA rank for the policy (0 = full fine-tuning); the reference is the adapter switched off.", True)
-    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: their update epochs as two chains that do not wait for each other (but for target_kl's verdict; the one left running takes every core), and the policy's first-epoch forward in the score phase beside the reward model's (on 2 cores: updates 9-13% faster, then 3.5-5% more for the chains, and steps about another 5%; the same update).", True)
+    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: each minibatch's two updates, and the reference beside the critic and reward model when scoring. The same update.", True)
+    cpu_kernels: str = option("auto", "On a CPU: 'auto' measures oneDNN linears and a sigmoid-form GELU against torch's defaults once on this machine (cached per CPU model) and uses each only where it is faster, and keeps freed memory in the process; 'off' keeps torch's defaults. The same numbers either way. RLHF_ONEDNN=1/0 overrides the oneDNN choice.", True, ("auto", "off"))
     gold_judge: str | None = option("vader", "Gold judge for objective/gold: 'vader' or null.", True)
     log_samples: int = option(4, "Samples per step written to tokens.jsonl.", True)
     save_every: int = option(25, "Checkpoint every N steps (and at the end).", True)

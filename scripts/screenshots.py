@@ -38,12 +38,12 @@ def prepare(ws: Path, policy: str, pairs: int, ppo_steps: int) -> None:
     import json
     import shutil
     from core.config import PPOConfig, RewardConfig
-    from core.generation import GenerationConfig
-    from core.models import load_policy, load_tokenizer
-    from core.ppo_run import read_prompts, run_ppo
+    from core.models.generation import GenerationConfig
+    from core.models.loading import load_policy, load_tokenizer
+    from core.data.prompts import read_prompts, run_ppo
     from core.preferences import PreferenceStore, SentimentAnnotator, sample_pairs
-    from core.reward_training import train_reward_model
-    from core.runs import read_status
+    from core.reward.training import train_reward_model
+    from core.runtime.runs import read_status
 
     marker = ws / "demo.json"
     if ws.exists() and (not marker.exists() or json.loads(marker.read_text()).get("model") != model_stamp(policy)):

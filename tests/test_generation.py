@@ -4,7 +4,7 @@ import torch
 
 from core.config import GenerationConfig
 from core.fastdecode import gpt2_supported
-from core.generation import decode_responses, filter_logits, generate, response_logprobs, sample_from
+from core.models.generation import decode_responses, filter_logits, generate, response_logprobs, sample_from
 
 from tiny_models import ARCHS, tiny_model
 

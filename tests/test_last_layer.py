@@ -5,7 +5,8 @@ from transformers import AutoModelForSequenceClassification, GPT2Config
 
 from core.config import DEFAULT_MODEL
 from core.last_layer import _gpt2_shortcut_ok, hidden_at
-from core.models import backbone, disable_dropout, load_scalar_model
+from core.models.heads import backbone
+from core.models.loading import disable_dropout, load_scalar_model
 from core.pair_packing import block_mask, pack_pairs
 
 

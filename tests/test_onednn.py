@@ -5,7 +5,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from core import onednn
-from core.models import load_policy
+from core.models.loading import load_policy
 
 needs_onednn = pytest.mark.skipif(not onednn.enabled(), reason="oneDNN not available in this torch build")
 

@@ -6,12 +6,13 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 
 from core.pair_packing import (CHOSEN, PAD, PREFIX, REJECTED, block_mask, pack_pairs, packed_scores,
                                packing_works)
-from core.models import disable_dropout, sequence_scores
-from core.scoring import pad_right
+from core.models.loading import disable_dropout
+from core.models.heads import sequence_scores
+from core.models.scoring import pad_right
 
 from core.config import RewardConfig
-from core.reward_training import train_reward_model
-from core.runs import read_status
+from core.reward.training import train_reward_model
+from core.runtime.runs import read_status
 
 from test_reward_training import synthetic_pairs, write_jsonl
 from tiny_models import ARCHS, tiny_config

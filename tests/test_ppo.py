@@ -8,9 +8,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from core.config import PPOConfig, to_yaml
-from core.jobs import AUTOGROUP_NICE, GOMP_SPINCOUNT, JOBS, NICE
-from core.ppo_run import prompt_batch, run_ppo, start_ppo_job
-from core.runs import read_metrics, read_status, read_tokens, request_stop
+from core.runtime.jobs import AUTOGROUP_NICE, GOMP_SPINCOUNT, JOBS, NICE
+from core.data.prompts import prompt_batch
+from core.ppo.loop import run_ppo
+from core.runtime.jobs import start_ppo as start_ppo_job
+from core.runtime.runs import read_metrics, read_status, read_tokens, request_stop
 
 
 @pytest.fixture
@@ -37,7 +39,8 @@ def test_run_writes_the_contract_and_token_invariants_hold(dirs, tmp_path):
     assert run_ppo(cfg_for(dirs, out)) == "finished"
     st = read_status(out)
     assert st["kind"] == "ppo" and st["state"] == "finished" and st["step"] == 3
-    assert st["packed_sequences"] is True  # GPT-2 takes padding-free forwards (core.varlen)
+    assert st["packed_sequences"] is True  # GPT-2 takes padding-free forwards (core.backends.gpt2)
+    assert st["forwards"] == {"policy": "gpt2", "reference": "gpt2", "critic": "gpt2", "reward": "gpt2"}
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for k in METRIC_KEYS:
@@ -89,7 +92,7 @@ def test_resume_continues_without_gap_or_duplicate(dirs, tmp_path):
 
 
 def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
-    from core.checkpoint import run_dir_of
+    from core.runtime.checkpoint import run_dir_of
     from core.cli import main
     out = tmp_path / "run"
     assert run_ppo(cfg_for(dirs, out, steps=3, save_every=2, batch_size=3)) == "finished"
@@ -112,7 +115,7 @@ def test_cli_resume_keeps_the_runs_config_and_extends_it(dirs, tmp_path):
 
 
 def test_nan_score_fails_the_run_and_names_it(dirs, tmp_path, monkeypatch):
-    import core.ppo as ppo
+    import core.ppo.step as ppo
     real = ppo.score_texts
     calls = {"n": 0}
 
@@ -185,8 +188,8 @@ def test_a_job_stops_when_the_app_that_started_it_exits(dirs, tmp_path):
     parent = subprocess.run([sys.executable, "-c", (
         "import sys, time; sys.path[:0] = ['tests']\n"
         "from core.config import PPOConfig, load_config\n"
-        "from core.ppo_run import start_ppo_job\n"
-        "from core.runs import read_status\n"
+        "from core.runtime.jobs import start_ppo as start_ppo_job\n"
+        "from core.runtime.runs import read_status\n"
         f"job = start_ppo_job({str(ws)!r}, load_config(PPOConfig, {str(cfg_path)!r}))\n"
         "t0 = time.time()\n"
         "while read_status(job.path).get('step', 0) < 1 and time.time() - t0 < 90: time.sleep(0.05)\n"
@@ -230,7 +233,7 @@ def test_every_option_runs_to_a_finished_run(dirs, tmp_path, options):
 
 
 def test_a_cli_run_without_output_dir_lands_where_the_gui_looks(dirs, tmp_path, monkeypatch):
-    from core.runs import list_runs
+    from core.runtime.runs import list_runs
     monkeypatch.chdir(tmp_path)
     assert run_ppo(cfg_for(dirs, "", steps=1, save_every=1)) == "finished"
     runs = list_runs(tmp_path / "workspace", "ppo")  # the app's default workspace
@@ -241,7 +244,7 @@ def test_configs_that_would_drop_rows_or_cannot_run_are_refused(dirs, tmp_path):
     with pytest.raises(ValueError, match="does not split into 3 equal minibatches"):
         run_ppo(cfg_for(dirs, tmp_path / "a", num_minibatches=3))
     assert not (tmp_path / "a").exists()  # refused before any run directory is made
-    from core.ppo_run import check_config
+    from core.ppo.loop import check_config
     with pytest.raises(ValueError, match="No reward model"):
         check_config(cfg_for(dirs, "", reward_model=""))
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
@@ -254,141 +257,99 @@ def test_prompt_batches_cycle_through_every_prompt():
     assert sorted(seen[:5]) == prompts and sorted(seen[5:10]) == prompts
 
 
-def first_batch(cfg, tmp_path):
-    """A trainer from setup() and its first rollout: (trainer, prompts, samples, responses)."""
-    import core.ppo as ppo
-    from core.ppo_run import setup
-    from core.runs import Run
+def first_batch(cfg, tmp_path, dtype=torch.float32):
+    """A trainer from setup() and its first rollout: (trainer, prompts, samples, responses). With
+    float64 every model is cast, so results depend on the arithmetic, not on a CPU's rounding."""
+    import core.ppo.step as ppo
+    from core.models.generation import decode_responses
+    from core.ppo.loop import setup
+    from core.runtime.runs import Run
     tr, _ = setup(cfg, Run(tmp_path / "run", "ppo"), None)
     m = tr.models
+    for x in (m.policy, m.reference, m.critic, m.reward):
+        if x is not None:
+            x.to(dtype)
     prompts = prompt_batch(tr.prompts, 0, cfg.batch_size, cfg.seed)
     samples = ppo.rollout(m, prompts, cfg, torch.rand(cfg.batch_size, cfg.response_length,
                                                     generator=torch.Generator().manual_seed(0)))
-    return tr, prompts, samples, ppo.decode_responses(m.tokenizer, samples)
+    return tr, prompts, samples, decode_responses(m.tokenizer, samples)
 
 
-@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # entropy for the record / in the loss (with its graph)
-def test_the_first_epoch_reuses_the_forwards_of_the_score_phase(dirs, tmp_path, monkeypatch, two_threads,
-                                                                 entropy_coef):
-    # one micro-batch per epoch: the first epoch's losses read the unchanged policy and critic on
-    # the same rows, so the score phase's forwards (kept with their graphs) serve them; the update
-    # must be the one that runs those forwards again
-    import core.ppo as ppo
-    from core.ppo_run import whiten_global
+def one_update(tr, prompts, samples, responses, cfg, opts):
+    """score -> advantages -> update on one rollout; (experience, stats)."""
+    import core.ppo.step as ppo
+    from core import rl
+    m = tr.models
+    exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg), 0.1, cfg)
+    adv = rl.whiten(exp.advantages, exp.response_mask.float())
+    return exp, ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # entropy for the record / in the loss
+def test_the_total_loss_is_the_loss_optimised(dirs, tmp_path, entropy_coef):
     cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, entropy_coef=entropy_coef)
     tr, prompts, samples, responses = first_batch(cfg, tmp_path)
     m = tr.models
-    assert m.overlap  # the policy's forward moves to the score phase only when the sides run at once
-    start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
-    flat = lambda x: torch.cat([p.detach().flatten().clone() for p in x.parameters()])  # noqa: E731
-    initial = [flat(m.policy), flat(m.critic)]
-    calls = []
-    critic, policy = ppo.critic_values, ppo.policy_logprobs
-    monkeypatch.setattr(ppo, "critic_values", lambda *a, **kw: calls.append("critic") or critic(*a, **kw))
-    monkeypatch.setattr(ppo, "policy_logprobs",
-                        lambda m_, model, *a, **kw: calls.append("policy" if model is m.policy else "ref")
-                        or policy(m_, model, *a, **kw))
-    after = []
-    for reuse in (True, False):
-        for x, sd in zip((m.policy, m.critic), start):
-            x.load_state_dict(sd)
-        opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
-        calls.clear()
-        exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg),
-                                  0.1, cfg)
-        assert exp.values_graph is not None and exp.policy_graph is not None
-        if not reuse:
-            exp.values_graph = exp.policy_graph = None
-        adv = whiten_global(exp.advantages, exp.response_mask.float(), tr.dist)
-        stats = ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
-        # the score phase's three forwards, then epoch 2 (and epoch 1 without reuse) runs two
-        assert sorted(calls) == sorted(["critic", "ref", "policy"] + ["critic", "policy"] * (1 if reuse else 2))
-        after.append((stats, [flat(m.policy), flat(m.critic)]))
-    for a, b, w0 in zip(after[0][1], after[1][1], initial):
-        assert (a - w0).abs().max() > 1e-4  # it trained
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    for k in ("loss/value", "loss/policy", "policy/entropy", "policy/approx_kl"):
-        assert after[0][0][k] == pytest.approx(after[1][0][k], rel=1e-5, abs=1e-7), k
-    st = after[0][0]  # the total is the loss optimised: surrogate - entropy bonus + vf_coef x value loss
+    opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
+    _, st = one_update(tr, prompts, samples, responses, cfg, opts)
+    # surrogate - entropy bonus + vf_coef x value loss
     assert st["loss/total"] == pytest.approx(st["loss/policy"] - entropy_coef * st["policy/entropy"]
                                              + cfg.vf_coef * st["loss/value"], rel=1e-6)
-    # sequentially (a GPU, or one thread) the policy's forward stays in the update; with two
-    # micro-batches neither graph is kept
-    m.overlap = False
-    scored = ppo.score(m, prompts, responses, samples, cfg)
-    assert scored.values_graph is not None and scored.policy_graph is None
-    m.overlap = True
-    scored = ppo.score(m, prompts, responses, samples, cfg_for(dirs, tmp_path / "run", ppo_epochs=2, num_minibatches=2))
-    assert scored.values_graph is None and scored.policy_graph is None
 
 
 @pytest.mark.parametrize("side_by_side", [True, False])
 def test_the_critic_runs_the_epochs_the_policy_ran(dirs, tmp_path, two_threads, side_by_side):
-    # each model runs its epochs as a chain of its own (core.ppo.update); when the policy's approx
-    # KL passes target_kl the critic must stop after the same epoch, also when it runs ahead on its
-    # own thread. Without target_kl both run every epoch.
-    import core.ppo as ppo
-    from core.ppo_run import whiten_global
+    # when the policy's approx KL passes target_kl both models stop after that epoch, also when
+    # their minibatches run side by side; without target_kl both run every epoch
+    from core.backends import threads
     for target_kl, epochs in ((1e-9, None), (None, 4)):
         cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=4, num_minibatches=2, target_kl=target_kl)
         tr, prompts, samples, responses = first_batch(cfg, tmp_path)
         m = tr.models
-        m.overlap = side_by_side
+        assert m.run_both is threads.side_by_side  # the default on a CPU with two threads
+        m.run_both = threads.side_by_side if side_by_side else threads.one_after_other
         opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
         steps = {0: 0, 1: 0}
         for i, opt in enumerate(opts):
             opt.register_step_post_hook(lambda *a, i=i: steps.__setitem__(i, steps[i] + 1))
-        exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg),
-                                  0.1, cfg)
-        stats = ppo.update(m, exp, whiten_global(exp.advantages, exp.response_mask.float(), tr.dist), cfg, opts, 1,
-                           lambda: None, tr.dist)
+        _, stats = one_update(tr, prompts, samples, responses, cfg, opts)
         ran = int(stats["policy/epochs"])
         assert ran == (epochs or ran) and (epochs or ran < 4)
-        # one key order on every process (ppo_run averages the metrics over processes by key)
+        # one key order on every process (the loop averages the metrics over processes by key)
         assert list(stats) == ["loss/policy", "policy/approx_kl", "policy/clipfrac", "policy/entropy",
                                "loss/value", "val/clipfrac", "val/mean", "loss/total", "policy/epochs"]
         assert steps == {0: 2 * ran, 1: 2 * ran}  # two minibatches per epoch, each model
 
 
 @pytest.mark.parametrize("minibatches", [1, 2])
-def test_the_overlapped_update_is_the_sequential_update(dirs, tmp_path, two_threads, minibatches):
-    # on a CPU, the score phase (critic | reference, with one minibatch also the reward model |
-    # the policy's first-epoch forward) and the update (policy | critic, and both optimizer steps)
-    # side by side (core/overlap.py) give the experience and the trained weights of the
-    # one-after-the-other run
-    import core.ppo as ppo
-    from core.ppo_run import whiten_global
+def test_the_side_by_side_update_is_the_sequential_update(dirs, tmp_path, two_threads, minibatches):
+    # on a CPU the score phase (reference | critic and reward model) and each minibatch's update
+    # (policy | critic, with their optimizer steps) run side by side (core/backends/threads.py);
+    # they must give the experience and the trained weights of the one-after-the-other run. In
+    # float64, so that the only differences are summation orders (half the threads per operator):
+    # ~1e-16 relative, far below the 1e-9 allowed, and no clip decision within reach of them
+    from core.backends import threads
     cfg = cfg_for(dirs, tmp_path / "run", num_minibatches=minibatches)
-    tr, prompts, samples, responses = first_batch(cfg, tmp_path)
+    tr, prompts, samples, responses = first_batch(cfg, tmp_path, torch.float64)
     m = tr.models
-    assert m.overlap  # on by default on a CPU with two threads
     start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
     flat = lambda x: torch.cat([p.detach().flatten().clone() for p in x.parameters()])  # noqa: E731
     initial = [flat(m.policy), flat(m.critic)]
     results = []
-    for side_by_side in (True, False):
-        m.overlap = side_by_side
+    for run_both in (threads.side_by_side, threads.one_after_other):
+        m.run_both = run_both
         for x, sd in zip((m.policy, m.critic), start):
             x.load_state_dict(sd)
         opts = [torch.optim.AdamW(m.policy.parameters(), lr=1e-3), torch.optim.AdamW(m.critic.parameters(), lr=1e-3)]
-        exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg),
-                                  0.1, cfg)
-        adv = whiten_global(exp.advantages, exp.response_mask.float(), tr.dist)
-        stats = ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
-        weights = [flat(m.policy), flat(m.critic)]
-        results.append((exp, stats, weights))
+        exp, stats = one_update(tr, prompts, samples, responses, cfg, opts)
+        results.append((exp, stats, [flat(m.policy), flat(m.critic)]))
     (e1, s1, w1), (e2, s2, w2) = results
-    torch.testing.assert_close(e1.ref_logprobs, e2.ref_logprobs)
-    torch.testing.assert_close(e1.values, e2.values)
+    assert e1.values.dtype == torch.float64
+    torch.testing.assert_close(e1.ref_logprobs, e2.ref_logprobs, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(e1.values, e2.values, atol=1e-12, rtol=1e-12)
     for a, b, w0 in zip(w1, w2, initial):
         assert (a - w0).abs().max() > 1e-4  # it trained
-        # one thread or two sum in different orders (oneDNN's blocking depends on the thread
-        # count too), and AdamW's first steps (~lr = 1e-3 each) turn a rounding-size gradient of a
-        # near-zero weight into a difference of up to ~1e-5: 1% of what the 4 steps move a weight
-        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
     assert s1.keys() == s2.keys()
     for k in s1:
-        # a clip fraction counts ties decided by rounding (the first minibatch's ratio is 1, its
-        # values are the old ones): one token may flip with the threads' summation order
-        tol = 1 / e1.response_mask.sum().item() if "clipfrac" in k else 1e-6
-        assert s1[k] == pytest.approx(s2[k], rel=1e-4, abs=tol), k
+        assert s1[k] == pytest.approx(s2[k], rel=1e-9, abs=1e-12), k

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from core.runs import read_metrics, read_status
+from core.runtime.runs import read_metrics, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 from core.config import PPOConfig
 from core.ppo_run import run_ppo
-from core.jobs import JOBS
+from core.runtime.jobs import JOBS
 from workbench import hacking, ppo_logic, ppo_plots
 
 from tiny_models import tiny_model

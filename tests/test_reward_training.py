@@ -11,11 +11,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from core.config import RewardConfig, load_config
-from core.models import sequence_scores
+from core.models.heads import sequence_scores
 from core.preferences import PreferenceStore
-from core.reward_training import load_reward_tokenizer, preflight, prepare_data, train_reward_model
-from core.runs import Run, read_metrics, read_status, run_to_completion
-from core.scoring import PromptTooLongError, format_for_scoring, score_texts
+from core.reward.training import load_reward_tokenizer, preflight, prepare_data, train_reward_model
+from core.runtime.runs import Run, read_metrics, read_status, run_to_completion
+from core.models.scoring import PromptTooLongError, format_for_scoring, score_texts
 
 from tiny_models import tiny_model
 

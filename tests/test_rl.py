@@ -145,6 +145,16 @@ def test_value_loss_by_hand():
     close(st["clipfrac"], .5)
 
 
+def test_value_clipfrac_ignores_values_inside_the_clip_range():
+    # V_old + (V - V_old) is V only up to rounding; inside the range no token is clipped, whatever
+    # the rounding says. In fp32 V_old + (V - V_old) rounds one ulp away from V here, farther from G
+    v, old, g = torch.tensor([[-1.9906578063964844]]), torch.tensor([[0.009966026060283184]]), torch.tensor([[1.7061951160430908]])
+    assert (old + (v - old) - g) ** 2 > (v - g) ** 2  # the rounding a plain comparison is fooled by
+    loss, st = value_loss(v, old, g, torch.ones(1, 1), clip_range=5.0)
+    close(st["clipfrac"], 0.0)
+    close(loss, 0.5 * (v - g).item() ** 2)
+
+
 def test_losses_and_whiten_on_all_masked_rows_and_length_one_responses():
     # row 0: one valid token (length-1 response); row 1: no valid token at all (all masked)
     m = T([[1, 0], [0, 0]])

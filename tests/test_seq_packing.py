@@ -7,8 +7,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           Qwen2Config)
 
 import core.ppo_forwards as ppo
-from core.generation import Samples
-from core.models import packing_refusal
+from core.models.generation import Samples
+from core.models.heads import packing_refusal
 from core.ppo import Models
 from core.ppo_forwards import critic_values, packing_agrees, policy_logits
 from core.seq_packing import pack_batch, packed_mask

@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 import core.ppo_forwards as forwards
 from core import varlen
 from core.config import GenerationConfig
-from core.generation import generate
-from core.models import load_policy, load_tokenizer
+from core.models.generation import generate
+from core.models.loading import load_policy, load_tokenizer
 from core.ppo import Models
 from core.ppo_forwards import critic_values, policy_logits, policy_logprobs, response_layout
 from core.rl import logprobs_from_logits
@@ -109,8 +109,8 @@ def test_embedded_model_reproduces_its_sampling_logprobs():
 
 
 def test_score_texts_takes_the_padding_free_forward_with_the_same_scores(tiny_tokenizer):
-    from core.models import sequence_scores
-    from core.scoring import format_for_scoring, last_token_scores, score_texts
+    from core.models.heads import sequence_scores
+    from core.models.scoring import format_for_scoring, last_token_scores, score_texts
     critic = models("gpt2", tiny_tokenizer, "sdpa").critic
     prompts = ["a charming", "the plot is thin and", "i hated"]
     responses = ["movie", "dull , dull , dull", ""]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from core.backends import choose, optimize
 from core.config import DEFAULT_MODEL
-from core.models import describe_device, load_policy, load_tokenizer, pick_device
+from core.models.device import describe_device, pick_device
+from core.models.loading import load_policy, load_tokenizer
 
 
 class Workspace:
@@ -35,8 +37,10 @@ class Workspace:
         path = path or self.model_path
         with self._lock:
             if path not in self._policies:
-                self._policies[path] = (load_policy(path, self.device, trainable=False), load_tokenizer(path))
+                model = load_policy(path, self.device, trainable=False)
+                optimize(model, self.device)  # the CPU kernels this machine runs faster ('auto')
+                self._policies[path] = (model, load_tokenizer(path))
             return self._policies[path]
 
     def header(self) -> str:
-        return f"**Model** `{Path(self.model_path).name}` · **device** {describe_device(self.device)} · **workspace** `{self.root}`"
+        return f"**Model** `{Path(self.model_path).name}` · **device** {describe_device(self.device, choose('auto', self.device))} · **workspace** `{self.root}`"

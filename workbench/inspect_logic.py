@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.checkpoint import latest_checkpoint
+from core.runtime.checkpoint import latest_checkpoint
 from core.config import GenerationConfig, PPOConfig, load_config
-from core.runs import read_status
+from core.runtime.runs import read_status
 
 from . import ppo_logic, ppo_plots, tokens
 
@@ -106,7 +106,8 @@ def _stamp(path: Path) -> int:
 
 def _load(kind: str, path: str, base: str | None = None):
     """(model, tokenizer), cached by path and file time; at most four models stay loaded."""
-    from core.models import load_policy, load_scalar_model, load_tokenizer, pick_device
+    from core.models.device import pick_device
+    from core.models.loading import load_policy, load_scalar_model, load_tokenizer
     key = (kind, path, _stamp(Path(path)))
     with _cache_lock:
         if key not in _cache:
@@ -132,9 +133,10 @@ def empty_compare() -> pd.DataFrame:
 def compare(run_path: str, step, seed: int = 0) -> tuple[str, pd.DataFrame]:
     """Sample the step's prompts from the reference (the config's policy) and the current policy
     with the same seed, and score both with the run's reward model (and gold when it has one)."""
-    from core.generation import sample_texts
-    from core.ppo_run import read_prompts
-    from core.scoring import score_texts
+    from core.backends import select
+    from core.data.prompts import read_prompts
+    from core.models.generation import sample_texts
+    from core.models.scoring import score_texts
     empty = empty_compare()
     if not run_path:
         return "Pick a run first.", empty
@@ -147,11 +149,11 @@ def compare(run_path: str, step, seed: int = 0) -> tuple[str, pd.DataFrame]:
                                stop_at_eos=cfg.stop_token == "eos")
         ref_model, ref_tok = _load("policy", cfg.policy)
         cur_model, cur_tok = _load("policy", str(current), base=cfg.policy)
-        ref = sample_texts(ref_model, ref_tok, prompts, gen, seed=seed)
-        cur = sample_texts(cur_model, cur_tok, prompts, gen, seed=seed)
+        ref = sample_texts(ref_model, ref_tok, prompts, gen, seed=seed, forward=select(ref_model))
+        cur = sample_texts(cur_model, cur_tok, prompts, gen, seed=seed, forward=select(cur_model))
         rm, rm_tok = _load("reward", cfg.reward_model)
-        ref_s = score_texts(rm, rm_tok, prompts, ref).tolist()
-        cur_s = score_texts(rm, rm_tok, prompts, cur).tolist()
+        ref_s = score_texts(rm, rm_tok, prompts, ref, forward=select(rm)).tolist()
+        cur_s = score_texts(rm, rm_tok, prompts, cur, forward=select(rm)).tolist()
     except (ValueError, FileNotFoundError, OSError) as e:
         return f"**Cannot compare:** {html.escape(str(e))}", empty
     gold = None

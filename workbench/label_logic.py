@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.ppo_run import read_prompts
 from core.config import DEFAULT_PROMPTS, GenerationConfig
-from core.models import load_scalar_model, load_tokenizer
+from core.data.prompts import read_prompts
+from core.models.loading import load_scalar_model, load_tokenizer
 from core.preferences import (PairFiller, PreferenceStore, SentimentAnnotator, agreement, export,
                               import_file, sample_pairs, score_pairs)
-from core.runs import list_runs
+from core.runtime.runs import list_runs
 
 # What the buttons mean on screen; `left`/`right` become 'a'/'b' depending on which response was shown left.
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad", "skip")

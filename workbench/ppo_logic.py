@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.checkpoint import latest_checkpoint
 from core.config import DEFAULT_PROMPTS, PPOConfig, load_config
-from core import jobs
-from core.jobs import JOBS
-from core.ppo_run import check_config, start_ppo_job
-from core.runs import list_runs, process_gone, read_status, request_stop, state_of
+from core.ppo.loop import check_config
+from core.runtime import jobs
+from core.runtime.checkpoint import latest_checkpoint
+from core.runtime.jobs import JOBS
+from core.runtime.runs import list_runs, process_gone, read_status, request_stop, state_of
 
 from . import hacking, ppo_plots
 from .forms import values_to_config, yaml_or_error
@@ -210,7 +210,7 @@ def start(ws, names: list[str], values) -> tuple[bool, str, str]:
         cfg = values_to_config(PPOConfig, form_names(names), values)
         cfg.output_dir = ""  # GUI runs live under <workspace>/runs, where every view finds them
         check_config(cfg)
-        run = start_ppo_job(ws.root, cfg)
+        run = jobs.start_ppo(ws.root, cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: a run is already going (JOBS)
         return False, f"Cannot start: {e}", ""
     return True, f"Started PPO run `{run.path.name}`.", str(run.path)
@@ -233,7 +233,7 @@ def resume(ws, run_path: str, add_steps=0) -> tuple[bool, str, str]:
             raise ValueError(f"{Path(run_path).name} already reached its {cfg.steps} steps: "
                              "set 'more steps' to continue it")
         check_config(cfg)
-        run = start_ppo_job(ws.root, cfg, resume=run_path)
+        run = jobs.start_ppo(ws.root, cfg, resume=run_path)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         return False, f"Cannot resume: {e}", ""
     return (True, f"Resumed `{run.path.name}` from {latest_checkpoint(run_path).name}, "

@@ -14,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from core.config import RewardConfig
-from core.models import load_scalar_model, load_tokenizer, pick_device
-from core import jobs
-from core.jobs import JOBS
-from core.reward_training import start_reward_job
-from core.runs import list_runs, process_gone, read_metrics, read_status, request_stop, state_of
-from core.scoring import score_texts
+from core.models.device import pick_device
+from core.models.loading import load_scalar_model, load_tokenizer
+from core.models.scoring import score_texts
+from core.runtime import jobs
+from core.runtime.jobs import JOBS
+from core.runtime.runs import list_runs, process_gone, read_metrics, read_status, request_stop, state_of
 
 from . import plots
 from .forms import values_to_config
@@ -38,7 +38,7 @@ def start(ws, names: list[str], values) -> tuple[str, str]:
     """(message, run path or ''). Every failure becomes a message: the form stays as it was."""
     try:
         cfg = values_to_config(RewardConfig, names, values)
-        run = start_reward_job(ws.root, cfg)
+        run = jobs.start_reward(ws.root, cfg)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         return f"**Cannot start:** {e}", ""
     return f"Started reward run `{run.path.name}`.", str(run.path)

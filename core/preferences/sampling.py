@@ -1,7 +1,7 @@
 """Pairs to label: sampling two responses per prompt, a background filler, reward-model scores.
 
 - sample_pairs: n (prompt, a, b) triples, the two responses independent draws from the policy,
-  batched through core.generation.generate.
+  batched through core.models.generation.generate.
 - PairFiller: a daemon thread that keeps at least `target` unlabelled pairs of one policy in the
   store, so a labeler never waits for sampling. It is polite on a shared CPU: small batches, a
   pause between batches, a slow poll while the queue is full, and it shares a lock with any
@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..backends import select
 from ..config import GenerationConfig
-from ..generation import decode_responses, generate
-from ..scoring import score_texts  # the reward model's own convention (prompt + response + EOS)
+from ..models.generation import decode_responses, generate
+from ..models.scoring import score_texts  # the reward model's own convention (prompt + response + EOS)
 from .store import Pair, PreferenceStore
 
 Progress = Callable[[int, int], None]  # (pairs done, pairs total)
@@ -57,9 +58,10 @@ def sample_pairs(model, tokenizer, prompts: Sequence[str], n: int, gen_cfg: Gene
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(rng.randrange(2 ** 63)) if seed is not None else None
     out: list[tuple[str, str, str]] = []
+    fwd = select(model)  # the model family's decoder (the same logits as the model's own forward)
     for i in range(0, n, max(1, batch_size)):
         chunk = chosen[i:i + batch_size]
-        texts = decode_responses(tokenizer, generate(model, tokenizer, chunk + chunk, gen_cfg, g))
+        texts = decode_responses(tokenizer, generate(model, tokenizer, chunk + chunk, gen_cfg, g, forward=fwd))
         out += zip(chunk, texts[:len(chunk)], texts[len(chunk):])
         if progress:
             progress(len(out), n)
@@ -167,11 +169,12 @@ def score_pairs(model, tokenizer, pairs: Sequence[Pair], batch_size: int = 32,
                 progress: Progress | None = None) -> dict[int, tuple[float, float]]:
     """{pair_id: (r_a, r_b)} for next_pairs(order_by=...): least-sure (smallest |r_a - r_b|) first."""
     out: dict[int, tuple[float, float]] = {}
+    fwd = select(model)
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         prompts = [p.prompt for p in chunk]
         r = score_texts(model, tokenizer, prompts * 2, [p.response_a for p in chunk] + [p.response_b for p in chunk],
-                        batch_size=2 * len(chunk)).tolist()
+                        batch_size=2 * len(chunk), forward=fwd).tolist()
         out.update({p.id: (r[j], r[len(chunk) + j]) for j, p in enumerate(chunk)})
         if progress:
             progress(len(out), len(pairs))

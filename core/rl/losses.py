@@ -31,14 +31,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                mask: torch.Tensor, clip_range: float = 0.2) -> tuple[torch.Tensor, dict]:
-    """0.5 * max((V - G)^2, (clip(V, V_old - eps, V_old + eps) - G)^2), masked mean. (B, T) inputs."""
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    """0.5 * max((V - G)^2, (clip(V, V_old - eps, V_old + eps) - G)^2), masked mean. (B, T) inputs.
+
+    clipfrac: the share of tokens whose clipped term is the larger one. Inside the clip range the
+    two terms are the same number (V_old + (V - V_old) is V up to rounding), so only tokens whose
+    value left the range count: a comparison of two roundings of one number would decide the rest.
+    """
+    moved = values - old_values
+    clipped_values = old_values + torch.clamp(moved, -clip_range, clip_range)
     err = (values - returns) ** 2
     err_clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((err_clipped > err).to(values.dtype), mask),
+            "clipfrac": masked_mean(((err_clipped > err) & (moved.abs() > clip_range)).to(values.dtype), mask),
             "mean": masked_mean(values, mask),
         }
     return loss, stats
@@ -50,7 +56,7 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     H = -sum p log p with log p = log_softmax(z): finite for finite logits (no log(0) taken), and
     one fused kernel where logsumexp(z) - sum softmax(z) * z made four more passes over (B, T, V).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
     ent = -(logp.exp() * logp).sum(-1)  # (B, T)
     return ent * mask.to(ent.dtype)
 

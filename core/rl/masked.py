@@ -22,13 +22,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           reduce=None) -> torch.Tensor:
     """(x - mean) / std over the masked entries (seed 003: advantage / score whitening).
 
     With shift_mean=False the mean is added back, so only the scale changes (TRL does this for
     rewards, where the sign of the mean carries meaning). Padding positions come out as 0.
+    `reduce`, when several processes hold parts of the batch, sums a tensor over all of them, so
+    the mean and variance are those of the whole batch.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if reduce is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        m = mask.to(x.dtype)
+        total, squares, n = reduce(torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()]))
+        mean = total / n.clamp(min=1)
+        var = (squares / n.clamp(min=1) - mean ** 2) * n / (n - 1).clamp(min=1)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .last_layer import hidden_at
-from .models import packing_refusal, score_head, sequence_scores
-from .scoring import pad_right
+from ..models.heads import packing_refusal, score_head, sequence_scores
+from ..models.scoring import pad_right
 
 PREFIX, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment of each position in a packed row
 
@@ -93,28 +92,30 @@ def block_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor:
     return torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, torch.finfo(torch.float32).min)
 
 
-def packed_scores(model, batch: PackedPairs) -> torch.Tensor:
-    """(2B,) scores: the B chosen, then the B rejected, read at each text's last token."""
+def packed_scores(fwd, batch: PackedPairs) -> torch.Tensor:
+    """(2B,) scores: the B chosen, then the B rejected, read at each text's last token. `fwd`: the
+    reward model's forward (core.backends.forwards), whose hidden_at reads the positions."""
+    model = fwd.model
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     at = torch.stack([batch.chosen_at, batch.rejected_at], 1)  # (B, 2)
-    hidden = hidden_at(model, batch.input_ids, block_mask(batch.segment, impl), batch.position_ids, at)  # (B, 2, H)
+    hidden = fwd.hidden_at(batch.input_ids, block_mask(batch.segment, impl), batch.position_ids, at)  # (B, 2, H)
     return score_head(model)(hidden.transpose(0, 1).flatten(0, 1)).squeeze(-1).float()  # (2B,)
 
 
 @torch.no_grad()
-def packing_works(model, chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
+def packing_works(fwd, chosen: list[list[int]], rejected: list[list[int]], pad_id: int,
                   device=None, atol: float = 1e-3) -> bool:
     """Do packed rows score as the plain padded rows do, for this model? (A model that reads
     positions from the 2D mask, or ignores 4D masks, would fail here instead of training wrong.)
-    Models that packing cannot serve by construction (models.packing_refusal) are not even tried."""
+    Models that packing cannot serve by construction (models.heads.packing_refusal) are not even tried."""
+    model = fwd.model
     if packing_refusal(model):
         return False
     was_training = model.training
     model.eval()
     try:
-        packed = packed_scores(model, pack_pairs(chosen, rejected, pad_id).to(device))
-        ids, mask = pad_right(chosen + rejected, pad_id, device)
-        plain = sequence_scores(model, ids, mask)
+        packed = packed_scores(fwd, pack_pairs(chosen, rejected, pad_id).to(device))
+        plain = sequence_scores(model, *pad_right(chosen + rejected, pad_id, device))  # the padded reference
         return bool(torch.allclose(packed, plain, atol=atol, rtol=1e-3))
     except Exception:  # noqa: BLE001 - any failure of the packed forward means: do not pack
         return False

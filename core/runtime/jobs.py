@@ -12,24 +12,25 @@ so a job at nice 15 still took half the cores from it, and a Label click spent 0
 Chromium's own rendering (bench_ui's breakdown). So the job starts its own session and sets that
 group's nice to AUTOGROUP_NICE as well (sched(7), "The autogroup feature").
 
-The run directory is the whole interface (DESIGN.md, "Run directory"): the parent writes
-config.yaml and starts `python -m core.jobs KIND RUN_DIR [--resume]`; the child trains through
-`run_to_completion`, so status.json, metrics.jsonl and error.log are written exactly as a CLI run
-writes them; stop is the STOP file, which the trainers check between phases and minibatches.
-The child's stdout and stderr go to RUN_DIR/job.log.
+The run directory is the whole interface (docs/architecture.md, "The run directory"): the parent
+writes config.yaml and starts `python -m core.runtime.worker KIND RUN_DIR [--resume]`; the child
+trains through `run_to_completion`, so status.json, metrics.jsonl and error.log are written exactly
+as a CLI run writes them; stop is the STOP file, which the trainers check between phases and
+minibatches. The child's stdout and stderr go to RUN_DIR/job.log. This module is the parent's
+side and never imports a trainer; core/runtime/worker.py is the child's.
 """
 from __future__ import annotations
 
 import os
+import dataclasses
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import save_config
-from .runs import Run, list_runs, process_gone, read_status, request_stop, run_to_completion
+from ..config import PPOConfig, RewardConfig, save_config
+from .runs import Run, list_runs, new_run_dir, process_gone, read_status, request_stop
 
 NICE = 15  # weight 36 against the app's 1024 under CFS: the app wins every contended slice
 AUTOGROUP_NICE = 19  # the job's session group: weight 15 against 1024 for every other session
@@ -42,7 +43,7 @@ AUTOGROUP_NICE = 19  # the job's session group: weight 15 against 1024 for every
 # one run each. The user's own setting wins.
 GOMP_SPINCOUNT = "10000"
 KINDS = ("ppo", "reward")
-ROOT = Path(__file__).resolve().parent.parent  # so `-m core.jobs` imports this very tree
+ROOT = Path(__file__).resolve().parents[2]  # so `-m core.runtime.worker` imports this very tree
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Jobs:
             path.mkdir(parents=True, exist_ok=True)
             (path / "STOP").unlink(missing_ok=True)
             save_config(cfg, path / "config.yaml")
-            cmd = [sys.executable, "-m", "core.jobs", kind, str(path)] + (["--resume"] if resume else [])
+            cmd = [sys.executable, "-m", "core.runtime.worker", kind, str(path)] + (["--resume"] if resume else [])
             env = {"GOMP_SPINCOUNT": GOMP_SPINCOUNT, **os.environ,
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             with open(path / "job.log", "ab") as log:
@@ -138,30 +139,6 @@ def current_run(workspace: str | Path, kind: str, chosen: str | None = None) -> 
     return runs[0]["path"] if runs else ""
 
 
-def main(argv: list[str]) -> int:
-    """The child: train the run directory's config.yaml; its outcome goes to status.json."""
-    kind, path, resume = argv[0], Path(argv[1]), "--resume" in argv[2:]
-    lower_priority()
-    from .config import load_config  # imported here: the parent never needs the trainers
-    if kind == "ppo":
-        from .config import PPOConfig
-        from .ppo_run import ppo_body
-        cfg = load_config(PPOConfig, path / "config.yaml")
-        body = lambda r: ppo_body(cfg, r, str(path) if resume else None)  # noqa: E731
-    elif kind == "reward":
-        from .config import RewardConfig
-        from .reward_training import train_reward_model
-        cfg = load_config(RewardConfig, path / "config.yaml")
-        body = lambda r: train_reward_model(cfg, r)  # noqa: E731
-    else:
-        print(f"unknown job kind {kind!r}", file=sys.stderr)
-        return 2
-    run = Run(path, kind)
-    threading.Thread(target=_stop_when_orphaned, args=(run, os.getppid()), daemon=True).start()
-    state = run_to_completion(run, body, clear_stop=False)
-    return 0 if state in ("finished", "stopped") else 1
-
-
 def lower_priority() -> None:
     """nice NICE, and AUTOGROUP_NICE for this process's session group when it leads that session
     (never the app's group: that would slow the app). Silently less where the OS has no autogroups."""
@@ -173,15 +150,21 @@ def lower_priority() -> None:
             pass
 
 
-def _stop_when_orphaned(run: Run, parent: int, every_s: float = 1.0) -> None:
-    """A job ends with the app that started it, as a thread in it would: when the parent is gone
-    (we were re-parented), ask for a stop, answered within one minibatch with a checkpoint."""
-    while not run.should_stop():
-        if os.getppid() != parent:
-            run.request_stop()
-            return
-        time.sleep(every_s)
+def start_ppo(workspace: str | Path, cfg: PPOConfig, resume: str | None = None) -> Job:
+    """A PPO run in a background process. `resume`: the run directory to continue (it keeps its
+    id and its config). The caller checks the config first (core.ppo.loop.check_config)."""
+    path = Path(resume) if resume else Path(cfg.output_dir or new_run_dir(workspace, "ppo"))
+    cfg.output_dir = str(path)
+    return JOBS.start(workspace, "ppo", cfg, path, resume=resume is not None)
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def start_reward(workspace: str | Path, cfg: RewardConfig) -> Job:
+    """Check the config (ValueError at once, before any process starts), then train a reward
+    model in a background process. RuntimeError when one is already running in this workspace."""
+    from ..reward.preflight import preflight
+    active = JOBS.active(workspace, "reward")
+    if active is not None:
+        raise RuntimeError(f"a reward run is already running: {active.path.name}. Stop it first.")
+    cfg = dataclasses.replace(cfg, output_dir=cfg.output_dir or str(new_run_dir(workspace, "reward")))
+    preflight(cfg)
+    return JOBS.start(workspace, "reward", cfg, cfg.output_dir)

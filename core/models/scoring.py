@@ -9,7 +9,7 @@ BPE merge across the boundary) and a too-long text is cut inside the response, n
 a reward for a response to a prompt it never saw would be meaningless.
 
 Rows are padded on the right. Positions are still found from the attention mask (see
-core.models.sequence_scores), but right padding with a pad token distinct from EOS also makes a
+core.models.heads.sequence_scores), but right padding with a pad token distinct from EOS also makes a
 plain `AutoModelForSequenceClassification(**batch)` forward pick the same position, so a saved
 reward model scores the same in any transformers code.
 """
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from . import varlen
-from .models import score_head, sequence_scores
-from .rl import last_token_index
+from .heads import sequence_scores
 
 
 class PromptTooLongError(ValueError):
@@ -89,23 +87,16 @@ def scoring_max_length(model, default: int = 96) -> int:
     return int(getattr(model.config, "score_max_length", None) or default)
 
 
-def last_token_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """models.sequence_scores, (B, L) -> (B,); GPT-2 takes the padding-free forward (core.varlen):
-    real tokens only, and the last block only at each row's last token. The same numbers."""
-    if not varlen.supported(model):
-        return sequence_scores(model, ids, mask)
-    col = torch.arange(mask.shape[1], device=mask.device)
-    lay = varlen.make_layout(mask, col == last_token_index(mask)[:, None])  # one read per row, in row order
-    return score_head(model)(varlen.read_hidden(model, ids, lay)).squeeze(-1)
-
-
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None,
-                batch_size: int = 64) -> torch.Tensor:
+                batch_size: int = 64, forward=None) -> torch.Tensor:
     """Raw scores (B,) of prompt/response pairs under a reward model, on CPU, in input order.
 
     Rows are scored in length-sorted batches so short rows are not padded to the longest one.
+    `forward`: a core.backends forward of `model` whose `scores` to use (None: the model's own
+    forward, models.heads.sequence_scores).
     """
+    scores = forward.scores if forward is not None else (lambda ids, mask: sequence_scores(model, ids, mask))
     max_length = max_length or scoring_max_length(model)
     device = next(model.parameters()).device
     seqs, _ = tokenize_for_scoring(tokenizer, prompts, responses, max_length)
@@ -117,7 +108,7 @@ def score_texts(model, tokenizer, prompts: list[str], responses: list[str], max_
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             ids, mask = pad_right([seqs[j] for j in idx], pad_id_of(tokenizer), device)
-            out[idx] = last_token_scores(model, ids, mask).float().cpu()
+            out[idx] = scores(ids, mask).float().cpu()
     finally:
         model.train(was_training)
     return out

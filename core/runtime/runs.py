@@ -1,4 +1,4 @@
-"""Run directories and background jobs (DESIGN.md, "Run directory": a contract).
+"""Run directories (docs/architecture.md, "The run directory": a contract).
 
 A trainer gets a `Run`: it appends metrics and token records, updates status.json and asks
 `run.should_stop()` between phases and minibatches. The GUI and the CLI both go through here,

@@ -1,13 +1,15 @@
 """Bradley-Terry reward-model training (seeds 000, 004): -log sigmoid(r(x, y_c) - r(x, y_r)).
 
 The reward model is AutoModelForSequenceClassification(num_labels=1) initialised from a causal LM;
-its score is read at the EOS ending prompt + response (core.scoring, shared with PPO).
+its score is read at the EOS ending prompt + response (core.models.scoring, shared with PPO).
+Each pair is one packed row (core.backends.pair_packing) when the model's forward scores such
+rows as it scores two padded ones on the run's first pairs, else two padded rows.
 
 Two entry points share one body:
   CLI  train_reward_model(cfg)        makes the Run at cfg.output_dir and wraps it in run_to_completion;
                                       errors are re-raised so the command exits non-zero
-  GUI  start_reward_job(ws, cfg)      checks the config synchronously (errors reach the user at once),
-                                      then runs train_reward_model(cfg, run) in a core.jobs child process
+  GUI  core.runtime.jobs.start_reward checks the config synchronously (errors reach the user at once),
+                                      then runs train_reward_model(cfg, run) in a child process
 Everything goes through accelerate.Accelerator, so `accelerate launch -m core.cli train-rm ...` works;
 only the main process writes files.
 """
@@ -23,77 +25,47 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from transformers import AutoConfig, AutoTokenizer
-from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-from .config import RewardConfig, save_config
-from .models import (autocast, check_model_dir, disable_dropout, distributed_on_cpu, load_scalar_model,
-                     sequence_scores)
-from .pair_packing import PackedPairs, pack_pairs, packed_length, packed_scores, packing_works
-from .reward_data import Pairs, prepare_data
-from .rl import pairwise_loss
-from .jobs import JOBS, Job
-from .runs import Run, StopRequested, new_run_dir, read_status, run_to_completion, write_json_atomic
-from .scoring import pad_right
+from .. import backends
+from ..backends.pair_packing import PackedPairs, pack_pairs, packed_length, packed_scores, packing_works
+from ..config import RewardConfig, save_config
+from ..data.reward_pairs import Pairs, prepare_data
+from ..models.device import autocast
+from ..models.loading import disable_dropout, load_scalar_model
+from ..models.scoring import pad_right
+from ..rl import pairwise_loss
+from ..runtime.distributed import distributed_on_cpu
+from ..runtime.runs import Run, StopRequested, new_run_dir, read_status, run_to_completion, write_json_atomic
+from .preflight import check_base_model, load_reward_tokenizer
 
 EVAL_BATCH = 64          # pairs per no-grad forward when validating
 SCORE_STATS_PAIRS = 512  # training pairs re-scored at the end for score_mean/std (1,024 scores: ~2% error on std)
 
 
-# ---------------------------------------------------------------- model
-def check_base_model(path: str) -> None:
-    """A ValueError a user understands for a base model that is missing or is not a causal LM."""
-    check_model_dir(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load a model from {path!r}: {str(e).splitlines()[0]}") from None
-    archs = config.architectures or []
-    if getattr(config, "is_encoder_decoder", False) or (archs and not any(
-            a.endswith(("ForCausalLM", "LMHeadModel", "ForSequenceClassification")) for a in archs)):
-        raise ValueError(f"{path} is not a causal language model (architectures: {', '.join(archs) or '?'}); "
-                         "the reward model starts from a causal LM such as the workbench's policy")
-    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
-        raise ValueError(f"transformers has no sequence-classification head for model type {config.model_type!r}")
-
-
-def load_reward_tokenizer(path: str):
-    """The base model's tokenizer with a pad token distinct from EOS.
-
-    Why distinct: with right padding, plain transformers finds the scored position as the last
-    non-pad token. Were pad == EOS, it would skip the EOS that ends every scored text and score
-    the token before it, so the saved model would score differently outside the workbench.
-    """
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.eos_token is None:
-        raise ValueError(f"{path}: the tokenizer has no EOS token; the reward is read at the EOS after the response")
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        tok.add_special_tokens({"pad_token": "<pad>"})
-    tok.padding_side = "right"  # matches core.scoring; saved with the model for plain-transformers users
-    return tok
-
-
 class _Scorer(torch.nn.Module):
     """Wraps the HF model so DDP (accelerate) sees one forward of tensors -> (2B,) scores, chosen
-    then rejected: packed rows (core.pair_packing) when `packed`, else padded rows."""
+    then rejected: packed rows (core.backends.pair_packing) when `packed`, else padded rows, both
+    through the model's forward `fwd` (core.backends.select)."""
 
-    def __init__(self, model, packed: bool):
+    def __init__(self, model, fwd, packed: bool):
         super().__init__()
         self.model, self.packed = model, packed
+        self.fwd = fwd  # not a module attribute of its own: it holds `model`
 
     def forward(self, input_ids, mask_or_segment, position_ids=None, chosen_at=None, rejected_at=None):
         if position_ids is None:
-            return sequence_scores(self.model, input_ids, mask_or_segment)
-        return packed_scores(self.model, PackedPairs(input_ids, position_ids, mask_or_segment, chosen_at, rejected_at))
-
-
-def preflight(cfg: RewardConfig) -> dict:
-    """Everything that can be checked without loading weights; raises ValueError. Returns the data info."""
-    check_base_model(cfg.base_model)
-    return prepare_data(cfg, load_reward_tokenizer(cfg.base_model))[2]
+            return self.fwd.scores(input_ids, mask_or_segment)
+        return packed_scores(self.fwd, PackedPairs(input_ids, position_ids, mask_or_segment, chosen_at, rejected_at))
 
 
 # ---------------------------------------------------------------- training
+def _probe(seqs: list[list[int]], pad: int, device) -> backends.Probe:
+    """Texts of the run's own data, as a probe for core.backends.select (no prompt columns: a
+    reward model reads whole texts)."""
+    ids, mask = pad_right(seqs, pad, device)
+    return backends.Probe(ids, mask, 1)
+
+
 def _row_length(data: Pairs, packed: bool) -> list[int]:
     """What sets a batch's padding: the packed row, or the longer text of the pair."""
     size = packed_length if packed else lambda c, r: max(len(c), len(r))
@@ -185,12 +157,16 @@ def _train(cfg: RewardConfig, run: Run, accelerator: Accelerator) -> Path:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)  # dropout makes chosen and rejected scores noisy; TRL disables it too
+    kernels = backends.optimize(model, device, cfg.cpu_kernels)
     pad = tokenizer.pad_token_id
     probe = list(range(min(8, len(train))))  # the same pairs on every rank, so all ranks agree
-    packed = packing_works(model, [train.chosen[i] for i in probe], [train.rejected[i] for i in probe], pad, device)
+    chosen, rejected = [train.chosen[i] for i in probe], [train.rejected[i] for i in probe]
+    fwd = backends.select(model, _probe(chosen + rejected, pad, device))
+    packed = packing_works(fwd, chosen, rejected, pad, device)
     packed = bool(accelerator.gather(torch.tensor([float(packed)], device=device)).min() > 0)  # all ranks alike
-    run.set_status(packed_pairs=packed, processes=accelerator.num_processes)
-    scorer = accelerator.prepare(_Scorer(model, packed))
+    run.set_status(packed_pairs=packed, processes=accelerator.num_processes, forward=fwd.name,
+                   cpu_kernels=list(kernels))
+    scorer = accelerator.prepare(_Scorer(model, fwd, packed))
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cpu" else {}  # one kernel for all tensors (as in PPO)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, **fused)
@@ -304,16 +280,3 @@ def train_reward_model(cfg: RewardConfig, run: Run | None = None) -> Path:
         print(f"reward run {state}: {run.path} (step {st.get('step')}/{st.get('total_steps')}, "
               f"val accuracy {'-' if acc is None else f'{acc:.3f}'}, {st.get('truncated', 0)} responses truncated)")
     return run.path
-
-
-def start_reward_job(workspace: str | Path, cfg: RewardConfig) -> Job:
-    """Check the config (ValueError at once), then train in a background process (core.jobs).
-
-    RuntimeError when a reward run is already running in this workspace.
-    """
-    active = JOBS.active(workspace, "reward")
-    if active is not None:
-        raise RuntimeError(f"a reward run is already running: {active.path.name}. Stop it first.")
-    cfg = dataclasses.replace(cfg, output_dir=cfg.output_dir or str(new_run_dir(workspace, "reward")))
-    preflight(cfg)
-    return JOBS.start(workspace, "reward", cfg, cfg.output_dir)

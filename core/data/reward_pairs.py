@@ -1,5 +1,5 @@
 """Preference data for reward-model training: read the sources, drop uninformative pairs, split
-train/validation (seeded), tokenize as prompt + response + EOS (core.scoring)."""
+train/validation (seeded), tokenize as prompt + response + EOS (core.models.scoring)."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RewardConfig
-from .preferences import PreferenceStore, read_preferences
-from .scoring import tokenize_for_scoring
+from ..config import RewardConfig
+from ..models.scoring import tokenize_for_scoring
+from ..preferences import PreferenceStore, read_preferences
 
 
 @dataclass

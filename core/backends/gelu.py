@@ -5,8 +5,8 @@
 (0.5 (1 + tanh(u)) = sigmoid(2u) exactly.) Why: this torch build's CPU tanh has no fast vector
 path on AVX2 (~4 ns per element, against ~1 for sigmoid), and aten's tanh-GELU forward and backward
 both go through it. On a PPO update's (470, 1024) MLP activations, one thread, forward + backward
-take 4.2 ms with aten's kernels and 2.6 ms here; a PPO step gains ~0-2% (session 12's note: the
-4-6% of session 11's per-step A/B was biased by its step order).
+take 4.2 ms with aten's kernels and 2.6 ms here; a PPO step gained ~0-2% (docs/performance.md).
+core.backends.kernels measures both on the machine that runs before swapping it in.
 On CUDA, and for a decode step's small tensors, aten's one fused kernel is used: there one
 kernel beats five.
 """
@@ -52,3 +52,13 @@ class TanhGELU(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tanh_gelu(x)
+
+
+def swap_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace GPT-2's `gelu_new` modules (tanh GELU from five elementwise ops) by TanhGELU, in place."""
+    from transformers.activations import NewGELUActivation
+    for sub in list(model.modules()):
+        for name, child in list(sub.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(sub, name, TanhGELU())
+    return model

@@ -68,7 +68,7 @@ def save_checkpoint(run, step: int, models, optimizers: list, kl_ctl, cfg) -> Pa
     save_file(rng, tmp / "rng.safetensors")
     (tmp / "trainer_state.json").write_text(json.dumps(
         {"step": step, "optimizers": meta, "kl_controller": kl_ctl.state_dict(), "lora": bool(cfg.lora_rank),
-         # the schedule is a function of the step (core.ppo_run.lr_factor): its state is the step
+         # the schedule is a function of the step (core.ppo.loop.lr_factor): its state is the step
          "scheduler": {"name": cfg.lr_schedule, "step": step,
                        "lrs": [g["lr"] for opt in optimizers for g in opt.param_groups]}},
         indent=1))

@@ -1,26 +1,24 @@
-"""Linear layers through oneDNN on the CPU: the same fp32 products, about twice as fast here.
+"""Linear layers through oneDNN on the CPU: the same fp32 products through the other GEMM library
+torch ships.
 
-Why: torch's CPU matmuls go to MKL, and MKL runs its AVX2 code on AMD processors. On the
-benchmark VM (AMD EPYC with AVX-512) an fp32 product at PPO's shapes, e.g. (390, 256) x (256,
-1024) on one thread, ran at 80-96 GFLOP/s through torch.mm and 200-220 GFLOP/s through oneDNN,
-the other GEMM library torch ships (benchmarks/bench_onednn.py measures both). The results are
-fp32 either way: against a float64 product, max error 1.0e-6 for oneDNN and 5.5e-7 for MKL on
-that shape (different blocking, same precision); no bf16 or TF32 anywhere.
+Why: torch's CPU matmuls go to MKL, which runs its AVX2 code on AMD processors; there oneDNN ran
+the PPO products 1.8-2x as fast. On an Intel Xeon with AVX-512 and AMX it ran them at 0.5-0.85x
+of MKL's rate (docs/performance.md). So core.backends.kernels measures both on the machine that
+runs, and points the layers here only where oneDNN wins. The results are fp32 either way
+(different blocking, same precision); no bf16 or TF32 anywhere.
 
 How: `linear` is F.linear with its forward and both backward products (dX = dY W, dW = dY^T X)
 done by torch.ops.mkldnn._linear_pointwise, the op torch's own compiler emits for CPU linears.
 oneDNN builds (JIT-compiles) one kernel per shape, ~2-5 ms each and 0.4-2 MB kept in memory,
 so it only ever sees a few row counts (`padded_rows`, `bucket_rows`): PPO's token counts change
 every step and would otherwise build new kernels every step. `use_onednn` points a model's
-nn.Linear and GPT-2 Conv1D layers at it, so every forward (Hugging Face's, core.varlen's, the
-decoder's) takes it. Anything else, a GPU, other dtypes or CPU autocast, goes to F.linear, as
-does everything when oneDNN is missing, fails its first check, or RLHF_ONEDNN=0 is set.
+nn.Linear and GPT-2 Conv1D layers at it. Anything else, a GPU, other dtypes or CPU autocast,
+goes to F.linear, as does everything when oneDNN is missing or fails its first check.
 No double backward (nothing here needs one).
 """
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 
 import torch
@@ -109,7 +107,7 @@ def _fits(x: torch.Tensor, w: torch.Tensor) -> bool:
     """CPU fp32, no autocast, and not a sliver: with under 16 outputs or inputs (a value head) a
     oneDNN call costs ~0.1-0.3 ms of overhead for a few kFLOPs, ~10x F.linear's."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.numel() > 0 and min(w.shape) >= 16 and not torch.is_autocast_enabled("cpu") and enabled())
+            and x.numel() > 0 and min(w.shape) >= 16 and not torch.is_autocast_enabled("cpu") and available())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,10 +121,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 @functools.cache
-def enabled() -> bool:
-    """oneDNN present, not switched off (RLHF_ONEDNN=0), and giving F.linear's numbers on a first
-    product (checked once per process; a failure warns and leaves every layer on F.linear)."""
-    if os.environ.get("RLHF_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+def available() -> bool:
+    """oneDNN present and giving F.linear's numbers on a first product (checked once per process;
+    a failure warns and leaves every layer on F.linear)."""
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         g = torch.Generator().manual_seed(0)
@@ -157,8 +155,8 @@ class GPT2Conv1D(Conv1D):
 def use_onednn(model: torch.nn.Module) -> torch.nn.Module:
     """Point the model's plain nn.Linear and Conv1D layers at `linear` (in place: the modules keep
     their parameters, ties, hooks and state-dict keys; only their class changes). Subclasses are
-    left alone: they may compute something else. A no-op when oneDNN is not enabled()."""
-    if enabled():
+    left alone: they may compute something else. A no-op when oneDNN is not available()."""
+    if available():
         for mod in model.modules():
             if type(mod) is torch.nn.Linear:
                 mod.__class__ = Linear

@@ -8,9 +8,9 @@ causal mask, so every token sees exactly what it saw in the padded batch. `unpac
 hidden states back into the (B, P + T) layout the losses use.
 
 Same contract as core.pair_packing: the model must take a custom 4D mask and read positions from
-position_ids; models.packing_refusal turns away flash-attention, sliding windows and non-attention
-layers, and core.ppo_forwards checks the rest on the first real batch and pads where they disagree.
-GPT-2 models take core.varlen instead, which needs no shared rows and skips all the padding.
+position_ids; models.heads.packing_refusal turns away flash-attention, sliding windows and
+non-attention layers, and core.backends.forwards checks the rest on the run's first batch and pads
+where they disagree. GPT-2 models take core.backends.gpt2 instead, which needs no shared rows.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import backbone
+from ..models.heads import backbone
 
 PACK_TOKENS = 128  # the longest row considered (a longer sequence sets the row length itself)
 

@@ -9,6 +9,10 @@ Layout of a batch (B prompts, P = longest prompt, T = max_new_tokens):
 Logprobs are those of the temperature-scaled full distribution, also when top_k/top_p truncate
 the sampling (as TRL does); with the defaults (top_k 0, top_p 1) they are exactly the
 probabilities the tokens were drawn with, which is what the PPO ratio and the KL need.
+
+A decoder turns the last sampled tokens into next-token logits. `GenericDecoder` is the model's
+own forward with its KV cache; a core.backends forward may bring a faster one (`forward=`), which
+gives the same logits.
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import GenerationConfig
-from .fastdecode import make_decoder, position_ids_from
-from .models import autocast
-from .rl import logprobs_from_logits
+from ..config import GenerationConfig
+from ..rl import logprobs_from_logits
+from .device import autocast
+from .heads import at_least_fp32, position_ids_from
 
 
 @dataclass
@@ -33,6 +37,31 @@ class Samples:
     @property
     def responses(self) -> torch.Tensor:  # (B, T)
         return self.input_ids[:, self.prompt_len:]
+
+
+class GenericDecoder:
+    """Any causal LM: the model's own forward with past_key_values."""
+
+    def __init__(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int):
+        B = prompt_ids.shape[0]
+        self.model = model
+        self.mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], 1)
+        self.pos = position_ids_from(prompt_mask)
+        self.past, self.len = None, 0
+
+    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+        self.len += ids.shape[1]
+        out = self.model(input_ids=ids, attention_mask=self.mask[:, :self.len], position_ids=self.pos,
+                         past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return scaled(out.logits[:, -1], 1.0)  # (B, V)
+
+    def start(self, prompt_ids: torch.Tensor) -> torch.Tensor:  # (B, P) -> (B, V)
+        return self._run(prompt_ids)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, V)
+        self.pos = self.pos[:, -1:] + 1
+        return self._run(tokens[:, None])
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -76,12 +105,13 @@ def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
-             generator: torch.Generator | None = None, fast: bool = True,
+             generator: torch.Generator | None = None, forward=None,
              uniforms: torch.Tensor | None = None) -> Samples:
     """Sample one response per prompt. Stops early once every row has produced EOS.
 
     `uniforms` (B, max_new_tokens), if given, are the random numbers the sampler uses; otherwise
-    they come from `generator`.
+    they come from `generator`. `forward`: a core.backends forward of `model` whose decoder to
+    use (None: the model's own forward).
     """
     cfg = cfg or GenerationConfig()
     device = next(model.parameters()).device
@@ -94,13 +124,14 @@ def generate(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None 
                          f"{context} tokens: lower max new tokens to at most {max(context - P, 0)} or shorten the prompts")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
-    logprobs = torch.zeros(B, T, device=device)
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    logprobs = torch.zeros(B, T, device=device, dtype=dtype)
     resp_mask = torch.zeros(B, T, dtype=torch.long, device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     with autocast(device):
-        decoder = make_decoder(model, ids, mask, T, fast)
+        decoder = forward.decoder(ids, mask, T) if forward else GenericDecoder(model, ids, mask, T)
         logits = decoder.start(ids)
         for t in range(T):
             logp = torch.log_softmax(scaled(logits, cfg.temperature), -1)  # (B, V), the full scaled distribution
@@ -133,22 +164,22 @@ def decode_responses(tokenizer, samples: Samples) -> list[str]:
 
 
 def sample_texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None,
-                 seed: int | None = None, batch_size: int = 64) -> list[str]:
+                 seed: int | None = None, batch_size: int = 64, forward=None) -> list[str]:
     """Convenience for the Label tab and benchmarks: prompts in, response strings out."""
     g = None
     if seed is not None:
         g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     texts = []
     for i in range(0, len(prompts), batch_size):
-        texts += decode_responses(tokenizer, generate(model, tokenizer, prompts[i:i + batch_size], cfg, g))
+        texts += decode_responses(tokenizer, generate(model, tokenizer, prompts[i:i + batch_size], cfg, g, forward))
     return texts
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits / temperature in fp32. At temperature 1 (the default) no division: it would be a
-    pass over every (position, vocab) entry each way, ~1.5 ms per policy forward + backward on
-    the embedded model, for an exact no-op."""
-    logits = logits.float()
+    """logits / temperature, in fp32 at least (bf16/fp16 logits are upcast; float64 stays). At
+    temperature 1 (the default) no division: it would be a pass over every (position, vocab)
+    entry each way, for an exact no-op."""
+    logits = at_least_fp32(logits)
     return logits if temperature == 1.0 else logits / temperature
 
 

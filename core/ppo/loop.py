@@ -1,8 +1,8 @@
-"""The PPO loop around core.ppo: models, optimizers, records, checkpoints, resume, processes.
+"""The PPO loop around core/ppo/step.py: setup, records, checkpoints, resume, processes.
 
-`run_ppo(cfg)` is the CLI entry (also under `accelerate launch`); `start_ppo_job(workspace, cfg)`
-runs the same body in a background thread for the GUI. Everything goes to the run directory
-(DESIGN.md): config.yaml, status.json, metrics.jsonl, tokens.jsonl, checkpoints/, model/.
+`run_ppo(cfg)` is the CLI entry (also under `accelerate launch`); the GUI runs `ppo_body` in a
+background process (core.runtime.jobs.start_ppo). Everything goes to the run directory
+(docs/architecture.md): config.yaml, status.json, metrics.jsonl, tokens.jsonl, checkpoints/, model/.
 
 Distributed: each process takes a contiguous slice of the global batch, and draws its sampling
 uniforms from the same per-step generator as one process would, so a row samples the same tokens
@@ -19,68 +19,17 @@ from pathlib import Path
 
 import torch
 
-from . import heap, overlap, rl
-from .checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
-from .config import PPOConfig, save_config
-from .models import (disable_dropout, distributed_on_cpu, load_policy, load_reference, load_scalar_model,
-                     load_tokenizer, pick_device)
-from .ppo import (Models, check_finite, decode_responses, experience_metrics, make_experience, rollout,
-                  score, token_records, update)
-from .jobs import JOBS, Job
-from .runs import Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty lines of a prompt file (PPO, the Label tab's pair sampling)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ValueError(f"prompt file {p} does not exist")
-    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {path} has no prompts (one per line)")
-    return prompts
-
-
-def prompt_batch(prompts: list[str], step: int, batch_size: int, seed: int) -> list[str]:
-    """The global batch for a step: consecutive slices of seeded shuffles, one shuffle per pass."""
-    out, i = [], step * batch_size
-    while len(out) < batch_size:
-        epoch, pos = divmod(i, len(prompts))
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        take = min(batch_size - len(out), len(prompts) - pos)
-        out += [prompts[j] for j in order[pos:pos + take].tolist()]
-        i += take
-    return out
-
-
-def load_models(cfg: PPOConfig, device, policy_from: str | None = None, critic_from: str | None = None) -> Models:
-    if not cfg.reward_model:
-        raise ValueError("reward_model is required: train one in the Reward model tab or with `rlhf-workbench train-rm`")
-    tok = load_tokenizer(cfg.policy)
-    policy = load_policy(cfg.policy, device)
-    reference = None
-    if cfg.lora_rank:
-        from peft import LoraConfig, PeftModel, get_peft_model
-        if policy_from:
-            policy = PeftModel.from_pretrained(policy, policy_from, is_trainable=True)
-        else:
-            from transformers.pytorch_utils import Conv1D  # GPT-2-style layers store weights transposed
-            transposed = any(isinstance(m, Conv1D) for m in policy.modules())
-            policy = get_peft_model(policy, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank,
-                                                       target_modules="all-linear", lora_dropout=0.0,
-                                                       fan_in_fan_out=transposed))
-    else:
-        reference = load_reference(cfg.policy, device)
-        if policy_from:
-            policy = load_policy(policy_from, device)
-    policy.config.use_cache = False
-    reward_tok = load_tokenizer(cfg.reward_model)
-    reward = load_scalar_model(cfg.reward_model, device, trainable=False).eval()
-    critic_src = critic_from or (cfg.reward_model if cfg.critic_init == "reward" else cfg.policy)
-    critic = load_scalar_model(critic_src, device, trainable=True, pad_token_id=tok.pad_token_id)
-    for mod in (policy, critic):  # dropout would make "old" logprobs disagree with the sampled ones
-        disable_dropout(mod)
-    return Models(policy, critic, reward, tok, reward_tok, reference)
+from .. import backends, rl
+from ..config import PPOConfig, save_config
+from ..data.prompts import prompt_batch, read_prompts
+from ..models.device import pick_device
+from ..models.generation import decode_responses
+from ..runtime.checkpoint import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
+from ..runtime.distributed import Dist
+from ..runtime.runs import Run, StopRequested, new_run_dir, read_jsonl, run_to_completion
+from .models import Models, load_models, make_optimizers, prepare
+from .records import experience_metrics, token_records
+from .step import check_finite, make_experience, rollout, score, update
 
 
 def lr_factor(schedule: str, step: int, steps: int) -> float:
@@ -99,54 +48,6 @@ def set_learning_rates(optimizers: list, cfg: PPOConfig, step: int) -> float:
         for g in opt.param_groups:
             g["lr"] = base * f
     return cfg.learning_rate * f
-
-
-def make_optimizers(m: Models, cfg: PPOConfig) -> list:
-    pol = [p for p in m.policy.parameters() if p.requires_grad]
-    kw = {"fused": True} if next(m.policy.parameters()).device.type == "cpu" else {}
-    return [torch.optim.AdamW(pol, lr=cfg.learning_rate, eps=1e-5, **kw),
-            torch.optim.AdamW(m.critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5, **kw)]
-
-
-class Dist:
-    """The few collective operations the loop needs; no-ops in a single process."""
-
-    def __init__(self):
-        from accelerate import PartialState
-        st = PartialState(cpu=distributed_on_cpu())
-        self.rank, self.world, self.device = st.process_index, st.num_processes, st.device
-        self.is_main = st.is_main_process
-
-    def sum(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            x = x.clone()
-            torch.distributed.all_reduce(x)
-        return x
-
-    def mean(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sum(x) / self.world
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when it is True on one: all of them leave the loop at the same
-        point, so none is left waiting in a collective the others never reach."""
-        return bool(self.sum(torch.tensor(float(flag), device=self.device))) if self.world > 1 else flag
-
-    def sync_grads(self, params) -> None:
-        if self.world > 1:
-            for p in params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= self.world
-
-
-def whiten_global(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> torch.Tensor:
-    """core.rl.whiten with the mean and variance of the whole (multi-process) batch."""
-    if dist.world == 1:
-        return rl.whiten(x, mask)
-    s = dist.sum(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]))
-    mean = s[0] / s[2]
-    var = (s[1] / s[2] - mean ** 2) * s[2] / (s[2] - 1).clamp(min=1)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
 def check_config(cfg: PPOConfig, world: int = 1) -> None:
@@ -194,10 +95,9 @@ def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
     if resume and ckpt is None:
         raise ValueError(f"{resume} has no checkpoint to resume from")
     m = load_models(cfg, device, policy_from=ckpt and str(ckpt / "policy"), critic_from=ckpt and str(ckpt / "critic"))
+    prepare(m, prompt_batch(prompts, 0, cfg.batch_size, cfg.seed), cfg, device, dist.world)
     optimizers = make_optimizers(m, cfg)
-    m.overlap = cfg.overlap_models and overlap.worthwhile(device)
-    if torch.device(device).type == "cpu":
-        heap.keep_freed_memory()
+    backends.keep_heap(device, cfg.cpu_kernels)
     kl_ctl = (rl.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target is not None
               else rl.FixedKLController(cfg.kl_coef))
     start = 0
@@ -209,7 +109,7 @@ def setup(cfg: PPOConfig, run: Run, resume: str | None) -> tuple[Trainer, int]:
                 (run.path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     gold = None
     if cfg.gold_judge == "vader":
-        from .preferences.annotator import SentimentAnnotator
+        from ..preferences.annotator import SentimentAnnotator
         gold = SentimentAnnotator().score
     return Trainer(cfg, m, optimizers, kl_ctl, prompts, dist, gold), start
 
@@ -237,7 +137,7 @@ def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
     t2 = time.time()
     exp = make_experience(m, samples, prompts, responses, scored, tr.kl_ctl.value, cfg, reduce=dist.sum)
     rmask = exp.response_mask.float()
-    adv = whiten_global(exp.advantages, rmask, dist) if cfg.whiten_advantages else exp.advantages
+    adv = rl.whiten(exp.advantages, rmask, reduce=dist.reduce) if cfg.whiten_advantages else exp.advantages
     stats = update(m, exp, adv, cfg, tr.optimizers, step, check_stop, dist)
     t3 = time.time()
     metrics = {**experience_metrics(exp, tr.kl_ctl.value), **stats}
@@ -257,7 +157,9 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
     tr, start = setup(cfg, run, resume)
     if run.is_main:
         save_config(cfg, run.path / "config.yaml")
-    run.set_status(step=start, total_steps=cfg.steps, processes=tr.dist.world)
+    m = tr.models
+    run.set_status(step=start, total_steps=cfg.steps, processes=tr.dist.world, forwards=m.forward_names(),
+                   packed_sequences=m.policy_fwd.name != "padded", cpu_kernels=list(m.kernels))
     done = saved = start
     checkpoint = lambda step: save_checkpoint(run, step, tr.models, tr.optimizers, tr.kl_ctl, cfg)  # noqa: E731
     stop_asked = lambda: tr.dist.any(run.should_stop())  # noqa: E731  (agreed on by every process)
@@ -275,7 +177,7 @@ def ppo_body(cfg: PPOConfig, run: Run, resume: str | None = None) -> None:
             tr.kl_ctl.update(metrics["objective/kl"], cfg.batch_size)
             run.log_metrics(step, metrics)
             run.log_tokens(records)
-            run.set_status(step=step, **({"packed_sequences": tr.models.packed} if step == start + 1 else {}))
+            run.set_status(step=step)
             done = step
             if step % cfg.save_every == 0 or step == cfg.steps:
                 checkpoint(step)
@@ -309,11 +211,3 @@ def run_ppo(cfg: PPOConfig, resume: str | None = None) -> str:
         st = run._status
         print(f"PPO run {out}: {state} at step {st.get('step')}" + (f" ({st['error']})" if st.get("error") else ""))
     return state
-
-
-def start_ppo_job(workspace: str | Path, cfg: PPOConfig, resume: str | None = None) -> Job:
-    """A background process for the GUI (core.jobs). `resume`: the run directory to continue
-    (it keeps its id and its config)."""
-    path = Path(resume) if resume else Path(cfg.output_dir or new_run_dir(workspace, "ppo"))
-    cfg.output_dir = str(path)
-    return JOBS.start(workspace, "ppo", cfg, path, resume=resume is not None)

@@ -1,0 +1,1 @@
+"""Training data: prompt files for rollouts and preference pairs for reward training."""
