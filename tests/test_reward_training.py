@@ -11,11 +11,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from core.config import RewardConfig, load_config
+from core.data.reward_pairs import prepare_data
 from core.models.heads import sequence_scores
-from core.preferences import PreferenceStore
-from core.reward.training import load_reward_tokenizer, preflight, prepare_data, train_reward_model
-from core.runtime.runs import Run, read_metrics, read_status, run_to_completion
 from core.models.scoring import PromptTooLongError, format_for_scoring, score_texts
+from core.preferences import PreferenceStore
+from core.reward.preflight import load_reward_tokenizer, preflight
+from core.reward.training import train_reward_model
+from core.runtime.runs import Run, read_metrics, read_status, run_to_completion
 
 from tiny_models import tiny_model
 
@@ -71,7 +73,7 @@ def test_learns_a_learnable_preference(trained):
     cfg, run = trained
     st = read_status(run)
     assert st["state"] == "finished" and st["step"] == st["total_steps"] == 2 * 8
-    assert st["packed_pairs"] is True  # GPT-2 takes one packed row per pair (core.pair_packing)
+    assert st["packed_pairs"] is True  # GPT-2 takes one packed row per pair (core.backends.pair_packing)
     rows = read_metrics(run)
     assert sum(r["rm/accuracy"] for r in rows[-4:]) / 4 >= 0.9
     assert rows[-1]["val/accuracy"] >= 0.9 and st["val_accuracy"] == rows[-1]["val/accuracy"]

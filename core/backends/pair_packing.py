@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.heads import packing_refusal, score_head, sequence_scores
+from ..models.heads import at_least_fp32, packing_refusal, score_head, sequence_scores
 from ..models.scoring import pad_right
 
 PREFIX, CHOSEN, REJECTED, PAD = 0, 1, 2, 3  # segment of each position in a packed row
@@ -75,7 +75,7 @@ def pack_pairs(chosen: list[list[int]], rejected: list[list[int]], pad_id: int) 
     return PackedPairs(ids, pos, seg, c_at, r_at)
 
 
-def block_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor:
+def block_mask(segment: torch.Tensor, attn_implementation: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, L) segments -> (B, 1, L, L) mask: causal, no rejected -> chosen, pads apart.
 
     A pad attends only to itself, so no softmax row is empty. sdpa takes a boolean mask (True =
@@ -89,7 +89,7 @@ def block_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor:
     ok = ok[:, None]  # (B, 1, L, L)
     if attn_implementation == "sdpa":
         return ok
-    return torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, torch.finfo(torch.float32).min)
+    return torch.zeros(ok.shape, device=ok.device, dtype=dtype).masked_fill(~ok, torch.finfo(torch.float32).min)
 
 
 def packed_scores(fwd, batch: PackedPairs) -> torch.Tensor:
@@ -98,8 +98,8 @@ def packed_scores(fwd, batch: PackedPairs) -> torch.Tensor:
     model = fwd.model
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     at = torch.stack([batch.chosen_at, batch.rejected_at], 1)  # (B, 2)
-    hidden = fwd.hidden_at(batch.input_ids, block_mask(batch.segment, impl), batch.position_ids, at)  # (B, 2, H)
-    return score_head(model)(hidden.transpose(0, 1).flatten(0, 1)).squeeze(-1).float()  # (2B,)
+    hidden = fwd.hidden_at(batch.input_ids, block_mask(batch.segment, impl, model.dtype), batch.position_ids, at)  # (B, 2, H)
+    return at_least_fp32(score_head(model)(hidden.transpose(0, 1).flatten(0, 1)).squeeze(-1))  # (2B,)
 
 
 @torch.no_grad()

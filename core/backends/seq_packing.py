@@ -94,7 +94,7 @@ def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: 
     return PackedBatch(ids.to(dev), pos.to(dev), seg.to(dev), where.to(dev))
 
 
-def packed_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor:
+def packed_mask(segment: torch.Tensor, attn_implementation: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(R, L) segments -> (R, 1, L, L): causal within a sequence, nothing across; a pad sees itself."""
     L = segment.shape[1]
     q, k = segment[:, :, None], segment[:, None, :]
@@ -103,13 +103,13 @@ def packed_mask(segment: torch.Tensor, attn_implementation: str) -> torch.Tensor
     ok = ok[:, None]
     if attn_implementation == "sdpa":
         return ok
-    return torch.zeros(ok.shape, device=ok.device).masked_fill(~ok, torch.finfo(torch.float32).min)
+    return torch.zeros(ok.shape, device=ok.device, dtype=dtype).masked_fill(~ok, torch.finfo(torch.float32).min)
 
 
 def packed_hidden(model, pb: PackedBatch) -> torch.Tensor:
     """The model's last hidden states, (R, L, H), of a packed batch."""
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    return backbone(model)(input_ids=pb.input_ids, attention_mask=packed_mask(pb.segment, impl),
+    return backbone(model)(input_ids=pb.input_ids, attention_mask=packed_mask(pb.segment, impl, model.dtype),
                            position_ids=pb.position_ids, use_cache=False).last_hidden_state
 
 

@@ -1,20 +1,20 @@
-"""core.seq_packing and core.ppo_forwards' packed forwards: the same logits, values and gradients as padding."""
+"""core.backends.forwards: packed rows give the padded forward's numbers, and `select` picks a
+forward per model once, checking it on real data and falling back to padding where it disagrees."""
 from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, Lfm2Config, MistralConfig,
-                          Qwen2Config)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Lfm2Config, MistralConfig, Qwen2Config
 
-import core.ppo_forwards as ppo
+from core.backends import Probe, forwards, select
+from core.backends.forwards import GPT2Forward, PackedForward, PaddedForward
+from core.backends.seq_packing import pack_batch, packed_mask
 from core.models.generation import Samples
 from core.models.heads import packing_refusal
-from core.ppo import Models
-from core.ppo_forwards import critic_values, packing_agrees, policy_logits
-from core.seq_packing import pack_batch, packed_mask
 
+from forward_checks import assert_same, batch, tiny_pair
 from test_pair_packing import tiny_bloom
-from tiny_models import ARCHS, tiny_config
+from tiny_models import ARCHS
 
 P_, E = 9, 0  # pad id, EOS id
 
@@ -46,63 +46,39 @@ def test_pack_batch_by_hand():
     assert (additive == 0).equal(ok[:, None])
 
 
-def batch(tokenizer, seed=0):
-    """A PPO-shaped batch: left-padded prompts, responses of different lengths, pad after EOS."""
-    g = torch.Generator().manual_seed(seed)
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    B, P, T = 5, 4, 6
-    ids = torch.full((B, P + T), pad)
-    for i, (p, t) in enumerate([(4, 6), (2, 3), (3, 1), (1, 6), (2, 5)]):
-        ids[i, P - p:P] = torch.randint(2, len(tokenizer), (p,), generator=g)
-        ids[i, P:P + t] = torch.randint(2, len(tokenizer), (t,), generator=g)
-        if t < T:
-            ids[i, P + t - 1] = eos
-    mask = (ids != pad).long()
-    return Samples(ids, mask, mask[:, P:].clone(), torch.zeros(B, T), P)
-
-
-def models(arch, tokenizer, impl):
-    torch.manual_seed(0)
-    cfg = tiny_config(arch, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    policy = AutoModelForCausalLM.from_config(cfg, attn_implementation=impl)
-    cfg.num_labels = 1
-    critic = AutoModelForSequenceClassification.from_config(cfg, attn_implementation=impl)
-    return Models(policy.eval(), critic.eval(), critic, tokenizer, tokenizer)  # eval: no dropout, as in PPO
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_packed_forwards_equal_padded_ones(arch, impl, tiny_tokenizer):
-    m = models(arch, tiny_tokenizer, impl)
+    policy, critic = tiny_pair(arch, tiny_tokenizer, impl)
     s = batch(tiny_tokenizer)
-    real = s.response_mask.bool()
-    assert packing_agrees(m, s)
-    for name, f in [("logits", lambda pk: policy_logits(m, m.policy, s.input_ids, s.attention_mask, 4, 0.7, pk)),
-                    ("values", lambda pk: critic_values(m, s.input_ids, s.attention_mask, 4, pk))]:
-        outs, grads = [], []
-        for packed in (False, True):
-            m.policy.zero_grad()
-            m.critic.zero_grad()
-            out = f(packed)
-            (out[real].float() ** 2).mean().backward()  # a loss over the response tokens only, as PPO's
-            outs.append(out[real].detach())
-            grads.append(torch.cat([p.grad.flatten() for p in [*m.policy.parameters(), *m.critic.parameters()]
-                                    if p.grad is not None]))
-        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4, msg=name)
-        torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4, msg=name)
-        assert torch.isfinite(f(True)).all()  # padding columns too: they are masked, never NaN
+    assert forwards.agrees(PackedForward(policy), Probe(s.input_ids, s.attention_mask, 4))
+    assert_same(lambda m: PackedForward(m, always=True), PaddedForward, policy, critic, s)
+    values = PackedForward(critic, always=True).values(s.input_ids, s.attention_mask, 4)
+    assert torch.isfinite(values).all()  # padding columns too: they are masked, never NaN
 
 
-def test_a_model_that_reads_positions_from_the_mask_is_not_packed(tiny_tokenizer):
+def test_select_takes_the_fastest_forward_the_model_allows(tiny_tokenizer):
+    s = batch(tiny_tokenizer)
+    probe = Probe(s.input_ids, s.attention_mask, 4)
+    for arch, kind in (("gpt2", GPT2Forward), ("llama", PackedForward), ("qwen2", PackedForward)):
+        policy, critic = tiny_pair(arch, tiny_tokenizer)
+        assert type(select(policy, probe)) is kind and type(select(critic, probe)) is kind, arch
+    assert type(select(policy, probe, prefer="padded")) is PaddedForward
+
+
+def test_a_model_that_reads_positions_from_the_mask_is_padded(tiny_tokenizer):
     torch.manual_seed(0)
-    policy = AutoModelForCausalLM.from_config(tiny_bloom(tiny_tokenizer))
-    critic = AutoModelForSequenceClassification.from_config(tiny_bloom(tiny_tokenizer, 1))
-    m = Models(policy, critic, critic, tiny_tokenizer, tiny_tokenizer)
-    assert not packing_agrees(m, batch(tiny_tokenizer))
+    s = batch(tiny_tokenizer)
+    probe = Probe(s.input_ids, s.attention_mask, 4)
+    policy = AutoModelForCausalLM.from_config(tiny_bloom(tiny_tokenizer)).eval()
+    critic = AutoModelForSequenceClassification.from_config(tiny_bloom(tiny_tokenizer, 1)).eval()
+    for model in (policy, critic):
+        assert forwards.candidate(model).name == "packed"  # nothing in its config says no
+        fwd = select(model, probe)  # but its numbers on the probe do
+        assert fwd.name == "padded" and "disagreed" in fwd.reason
 
 
-
-def lfm2(tokenizer, num_labels=None):
+def lfm2(tokenizer):
     """A hybrid model: a short convolution layer (which never reads the attention mask) + attention."""
     cfg = Lfm2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
@@ -122,13 +98,14 @@ def equal_lengths(tokenizer, B=6, P=4, T=6):
     return Samples(ids, mask, mask[:, P:].clone(), torch.zeros(B, T), P)
 
 
-def test_the_check_shares_rows_even_when_the_batch_would_not(tiny_tokenizer, monkeypatch):
+def test_the_check_shares_rows_even_when_the_batch_would_not(tiny_tokenizer):
     # a conv layer mixes neighbouring sequences of a row; with one sequence per row, packed and
     # padded would agree, so the check must build rows that hold several sequences
-    m = Models(lfm2(tiny_tokenizer), models("gpt2", tiny_tokenizer, "sdpa").critic, None, tiny_tokenizer, tiny_tokenizer)
-    assert "conv" in packing_refusal(m.policy)
-    monkeypatch.setattr(ppo, "packing_refusal", lambda model: None)  # the check alone must catch it
-    assert not packing_agrees(m, equal_lengths(tiny_tokenizer))
+    model = lfm2(tiny_tokenizer)
+    assert "conv" in packing_refusal(model)
+    assert select(model).name == "padded"  # refused by its config, before any check
+    s = equal_lengths(tiny_tokenizer)
+    assert not forwards.agrees(PackedForward(model), Probe(s.input_ids, s.attention_mask, 4))  # the check alone catches it
 
 
 def test_models_packing_cannot_serve_are_refused_up_front(tiny_tokenizer):
@@ -138,8 +115,8 @@ def test_models_packing_cannot_serve_are_refused_up_front(tiny_tokenizer):
     windowed = AutoModelForCausalLM.from_config(MistralConfig(sliding_window=16, **common))
     assert "sliding-window" in packing_refusal(windowed)
     # a window short batches never reach: the check on them would pass, so it is refused by config
-    m = Models(windowed, models("gpt2", tiny_tokenizer, "sdpa").critic, None, tiny_tokenizer, tiny_tokenizer)
-    assert not packing_agrees(m, batch(tiny_tokenizer))
+    fwd = select(windowed, Probe(*(lambda s: (s.input_ids, s.attention_mask, 4))(batch(tiny_tokenizer))))
+    assert fwd.name == "padded" and "sliding-window" in fwd.reason
     assert packing_refusal(AutoModelForCausalLM.from_config(MistralConfig(sliding_window=None, **common))) is None
     assert packing_refusal(AutoModelForCausalLM.from_config(Qwen2Config(**common))) is None  # window off by default
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
