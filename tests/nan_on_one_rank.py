@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import core.ppo as ppo  # noqa: E402
+import core.ppo.step as ppo  # noqa: E402
 from core.cli import main  # noqa: E402
 
 real, calls = ppo.score_texts, {"n": 0}

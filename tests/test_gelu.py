@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from core.gelu import SMALL, TanhGELU, _SigmoidGELU, tanh_gelu
-from core.models import use_fast_gelu
+from core.backends.gelu import SMALL, TanhGELU, _SigmoidGELU, swap_gelu, tanh_gelu
 
 
 def tanh_formula(x: torch.Tensor) -> torch.Tensor:  # GPT-2's gelu_new, as written in the paper
@@ -43,14 +42,14 @@ def test_large_cpu_tensors_take_the_sigmoid_form_and_agree_with_aten():
     assert torch.equal(tanh_gelu(small), F.gelu(small, approximate="tanh"))  # aten's kernel below SMALL
 
 
-def test_use_fast_gelu_keeps_a_gpt2s_outputs():
+def test_swap_gelu_keeps_a_gpt2s_outputs():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
                                        activation_function="gelu_new")).eval()
     ids = torch.randint(0, 100, (8, 64))  # 8 * 64 * 256 MLP activations: above SMALL, the sigmoid form
     with torch.no_grad():
         before = model(ids).logits
-        use_fast_gelu(model)
+        swap_gelu(model)
         assert sum(isinstance(m, TanhGELU) for m in model.modules()) == 2
         after = model(ids).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

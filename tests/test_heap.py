@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core import heap
+from core.backends import heap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import resource, sys, threading, torch
 sys.path.insert(0, {root!r})
-from core import heap
+from core.backends import heap
 applied = heap.keep_freed_memory() if {keep} else None
 faults = []
 def step():

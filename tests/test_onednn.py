@@ -4,10 +4,22 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from core import onednn
-from core.models.loading import load_policy
+from core.backends import gpt2, onednn
 
-needs_onednn = pytest.mark.skipif(not onednn.enabled(), reason="oneDNN not available in this torch build")
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN not available in this torch build")
+
+
+def within_fp32_bound(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b=None) -> None:
+    """got ~ x @ w.T (+ b), computed in fp32 from fp32 operands, against the float64 product: each
+    element sums K products, so |error| <= K u sum_k |x_k w_k| (+ u |b| + u |result|), u = 2^-24
+    (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1). Any summation order, blocking
+    or thread count stays inside it; a wrong element does not."""
+    x, w = x.detach().double(), w.detach().double()
+    exact = x @ w.T + (0 if b is None else b.detach().double())
+    u, K = 2.0 ** -24, x.shape[-1]
+    bound = (K + 2) * u * (x.abs() @ w.abs().T + (0 if b is None else b.detach().double().abs())) + 1e-30
+    err = (got.double() - exact).abs()
+    assert (err <= bound).all(), f"max error {err.max():.3g} over its bound {bound[err > bound].min():.3g}"
 
 
 def test_padded_and_bucket_rows_by_hand():
@@ -29,14 +41,13 @@ def test_linear_and_its_gradients_are_f_linears(rows, wide):
     gy = torch.randn(rows, 3, n, generator=g)
     y = onednn.linear(x, w, b)
     assert y.shape == (rows, 3, n) and "_Linear" in type(y.grad_fn).__name__  # took the oneDNN path
-    grads = torch.autograd.grad(y, (x, w, b), gy)
-    x2, w2, b2 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y2 = F.linear(x2, w2, b2)
-    grads2 = torch.autograd.grad(y2, (x2, w2, b2), gy.double())
-    # fp32 against a float64 reference: the padded rows change nothing
-    torch.testing.assert_close(y.double(), y2, rtol=1e-5, atol=1e-5)
-    for a, e in zip(grads, grads2):
-        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-4)
+    dx, dw, db = torch.autograd.grad(y, (x, w, b), gy)
+    # each product within fp32's bound for its size: the padded rows and the split tail change nothing
+    x2, g2 = x.reshape(-1, k), gy.reshape(-1, n)
+    within_fp32_bound(y.reshape(-1, n), x2, w, b)       # Y = X W^T + b: sums of k
+    within_fp32_bound(dx.reshape(-1, k), g2, w.T)       # dX = dY W: sums of n
+    within_fp32_bound(dw, g2.T, x2.T)                   # dW = dY^T X: sums of 3 * rows
+    within_fp32_bound(db[None], torch.ones(1, 3 * rows), g2.T)
 
 
 @needs_onednn
@@ -46,27 +57,15 @@ def test_a_transposed_weight_and_no_grad_work_too():
     with torch.no_grad():
         y = onednn.linear(x, wc.t())
     assert y.grad_fn is None
-    torch.testing.assert_close(y, x @ wc, rtol=1e-5, atol=1e-5)
+    within_fp32_bound(y, x, wc.t())
 
 
-def test_other_dtypes_and_a_switched_off_onednn_take_f_linear(monkeypatch):
+def test_other_dtypes_and_value_heads_take_f_linear():
     x, w = torch.randn(5, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
     assert torch.equal(onednn.linear(x, w), F.linear(x, w))  # float64: exactly F.linear
     head = torch.randn(1, 32, requires_grad=True)  # a value head: one output, F.linear's
     y = onednn.linear(torch.randn(7, 32), head)
     assert "_Linear" not in type(y.grad_fn).__name__
-    monkeypatch.setenv("RLHF_ONEDNN", "0")
-    onednn.enabled.cache_clear()
-    try:
-        assert not onednn.enabled()
-        xf, wf = x.float().requires_grad_(), w.float()
-        y = onednn.linear(xf, wf)
-        assert "_Linear" not in type(y.grad_fn).__name__ and torch.equal(y, F.linear(xf, wf))
-        model = onednn.use_onednn(torch.nn.Sequential(torch.nn.Linear(8, 3)))
-        assert type(model[0]) is torch.nn.Linear  # nothing swapped
-    finally:
-        monkeypatch.delenv("RLHF_ONEDNN")
-        onednn.enabled.cache_clear()
 
 
 @needs_onednn
@@ -85,25 +84,19 @@ def test_use_onednn_keeps_a_gpt2s_parameters_ties_outputs_and_gradients():
     assert list(fast.state_dict()) == list(plain.state_dict())
     ids = torch.randint(0, 64, (6, 20))
     out, ref = fast(ids, labels=ids), plain(ids, labels=ids)
-    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
+    # through 2 blocks of 32-wide products (sums of <= 128 terms, |terms| <~ 1) the two GEMM
+    # libraries' fp32 roundings differ by ~128 x 6e-8 per product: ~1e-5 after the stack
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=5e-5)
     out.loss.backward()
     ref.loss.backward()
     for (n, p), q in zip(fast.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
-
-
-@needs_onednn
-def test_the_cpu_loaders_give_onednn_layers():
-    model = load_policy(device=torch.device("cpu"), trainable=False)
-    kinds = {type(m) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
-    assert kinds == {onednn.Linear, onednn.GPT2Conv1D}
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
 
 
 @needs_onednn
 def test_onednn_only_sees_row_or_column_major_matrices(monkeypatch):
-    """Other strides (e.g. core.last_layer's slice of the qkv weight's columns) run oneDNN's
-    reference kernel, seconds per product: every operand must reach it dense."""
-    from core.last_layer import hidden_at
+    """Other strides (e.g. a slice of the qkv weight's columns) run oneDNN's reference kernel,
+    seconds per product: every operand must reach it dense."""
     seen = []
     real = onednn._onednn
 
@@ -120,8 +113,8 @@ def test_onednn_only_sees_row_or_column_major_matrices(monkeypatch):
     ids = torch.randint(0, 64, (3, 20))
     mask = torch.ones(3, 1, 20, 20).tril()
     pos = torch.arange(20).expand(3, 20)
-    h = hidden_at(model, ids, mask, pos, torch.tensor([[19], [10], [5]]))  # the last block's shortcut
+    h = gpt2.hidden_at(model, ids, mask.bool(), pos, torch.tensor([[19], [10], [5]]))  # the last block's shortcut
     (h.sum() + model(ids, labels=ids).loss).backward()
     assert len(seen) > 20 and all(p.grad is not None for p in model.parameters())
     x, w = torch.randn(40, 24), torch.randn(24, 96)
-    torch.testing.assert_close(onednn.linear(x, w[:, 32:].t()), x @ w[:, 32:], rtol=1e-5, atol=1e-5)
+    within_fp32_bound(onednn.linear(x, w[:, 32:].t()), x, w[:, 32:].t())

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from core.config import PPOConfig
-from core.ppo_run import run_ppo
+from core.ppo.loop import run_ppo
 from core.runtime.jobs import JOBS
 from workbench import hacking, ppo_logic, ppo_plots
 

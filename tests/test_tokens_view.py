@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from core.config import PPOConfig
-from core.ppo_run import run_ppo
+from core.ppo.loop import run_ppo
 from workbench import inspect_logic, ppo_plots, tokens
 
 from tiny_models import tiny_model
