@@ -11,7 +11,7 @@ all. For each trainer (children of bench_ppo_speed.py, same settings):
      does the policy's and the critic's work in sequence (overlap_models off: the same products);
   3. the matmul rate of this machine now, at the step's shapes: bare fp32 products for the forward
      and backward of a GPT-2 block's four linear layers and an LM head, on as many tokens as one
-     PPO batch, through torch.mm (MKL) and through oneDNN (what core/onednn.py uses); the faster
+     PPO batch, through torch.mm (MKL) and through oneDNN (what core/backends/onednn.py uses); the faster
      library sets the floor.
 A step cannot take less than FLOPs / rate even if everything that is not a matmul (GELU, layer
 norm, softmax, attention, optimizer, sampling, Python) were free. So TRL's measured s/step divided
@@ -34,7 +34,7 @@ import bench_ppo_speed as race  # noqa: E402
 def matmul_rate(tokens: int, width: int = 256, vocab: int = 4096, threads: int = 0, seconds: float = 3.0,
                 onednn: bool = False) -> float:
     """GFLOP/s of bare fp32 products at the step's shapes, through torch.mm (MKL) or, with `onednn`,
-    oneDNN's kernel (core/onednn.py's): for each linear layer of a GPT-2 block (qkv, proj, MLP in
+    oneDNN's kernel (core/backends/onednn.py's): for each linear layer of a GPT-2 block (qkv, proj, MLP in
     and out) and the LM head, the forward product and the two of its backward (input and weight
     gradients), each timed in a hot loop of its own (warm caches, no autograd, no allocation): the
     fastest these products run here, so the floor it gives is a true lower bound."""

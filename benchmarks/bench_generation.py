@@ -1,4 +1,4 @@
-"""Sampling speed: core.generation vs transformers' model.generate, same model, same settings.
+"""Sampling speed: core.models.generation vs transformers' model.generate, same model, same settings.
 
     python benchmarks/bench_generation.py [--model DIR] [--batches 16 64] [--new-tokens 24] [--repeats 5]
 

@@ -12,10 +12,10 @@ MutationObserver sees the new pair in the DOM (pair number and left response bot
           longer, so it only polls.
     busy  a CPU-heavy thread inside the app process: the pair filler with an unreachable target
           and no pause (RLHF_QUEUE_TARGET=1000000, RLHF_QUEUE_PAUSE=0) samples pairs from the
-          default policy through core.generation nonstop (the filler thread runs at nice +10).
+          default policy through core.models.generation nonstop (the filler thread runs at nice +10).
 
 Label clicks while a training job runs (a PPO job started from the app's PPO tab, in its own
-process at nice +15: core.jobs) are measured by benchmarks/bench_ui.py, e.g. `--clicks 100`.
+process at nice +15: core.runtime.jobs) are measured by benchmarks/bench_ui.py, e.g. `--clicks 100`.
 
 Goal: p95 < 200 ms in both modes. Anything else running on the machine adds noise; the 1-minute
 load average is printed with the results, and so is the app's CPU time per label (server side,

@@ -1,10 +1,10 @@
-"""Linear layers through oneDNN (core/onednn.py) against torch's default CPU matmuls, same run.
+"""Linear layers through oneDNN (core/backends/onednn.py) against torch's default CPU matmuls, same run.
 
     python benchmarks/bench_onednn.py [--threads 1] [--reps 30]
 
 1. Products at the embedded model's PPO shapes (a batch of 16 episodes: ~390 tokens, ~325 read
    positions; a decode step: 16 rows), forward + both backward products, F.linear vs
-   core.onednn.linear: GFLOP/s and the ratio.
+   core.backends.onednn.linear: GFLOP/s and the ratio.
 2. The embedded policy's forward + backward on a PPO-sized batch (16 x 30 tokens, LM loss), one
    model with torch's layers and one with oneDNN's (same weights), alternated: median seconds and
    the ratio.
@@ -34,11 +34,11 @@ def main() -> None:
 
     from bench_generation import timed as median_s  # median seconds of fn() after a warm-up call
 
-    from core import onednn
+    from core.backends import onednn
     from core.models.loading import load_policy
     torch.set_num_threads(args.threads)
-    if not onednn.enabled():
-        raise SystemExit("oneDNN is not enabled in this torch build (or RLHF_ONEDNN=0): nothing to compare")
+    if not onednn.available():
+        raise SystemExit("oneDNN is not available in this torch build: nothing to compare")
     out: dict = {"threads": args.threads}
     print(f"{'product (rows x in -> out)':<30} {'torch GFLOP/s':>14} {'oneDNN GFLOP/s':>15} {'ratio':>6}")
     shapes = [("qkv", 390, 256, 768), ("attn proj", 390, 256, 256), ("mlp fc", 390, 256, 1024),
@@ -58,10 +58,7 @@ def main() -> None:
         print(f"{name + f' ({m} x {k} -> {n})':<30} {rates[0]:>14.1f} {rates[1]:>15.1f} {ratio:>6.2f}")
 
     plain = load_policy(device=torch.device("cpu"))
-    fast = load_policy(device=torch.device("cpu"))
-    for mod in plain.modules():  # back to torch's own layers (the loader gave oneDNN's)
-        if isinstance(mod, (onednn.Linear, onednn.GPT2Conv1D)):
-            mod.__class__ = mod.__class__.__mro__[1]
+    fast = onednn.use_onednn(load_policy(device=torch.device("cpu")))
     ids = torch.randint(0, plain.config.vocab_size, (16, 30), generator=torch.Generator().manual_seed(1))
 
     def step(model):

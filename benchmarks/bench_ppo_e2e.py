@@ -12,7 +12,7 @@ score and KL by step, and ends with one JSON line.
 
 The defaults differ from PPOConfig's (lr 1e-4, adaptive KL from 0.2 towards 6 over a 10,000 horizon)
 because a 10-minute run has to land inside a KL budget, not just head towards it (2 cores, batch 32,
-the 1,000-pair reward model; session 7 of the closing notes):
+the 1,000-pair reward model; docs/performance.md has the runs):
   - with beta from 0.2 and a 10,000 horizon, beta moves ~12% in 10 minutes: KL ends near 9.6;
   - from 0.5 with a 1,000 horizon it follows the target, but settles slightly above it;
   - lr 1e-4 makes KL swing 4-8 nats from step to step; at 5e-5 the path is smooth and buys more gold
@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_MODEL, DEFAULT_PROMPTS, GenerationConfig, PPOConfig  # noqa: E402
 from core.models.generation import sample_texts  # noqa: E402
-from core.ppo_run import ppo_step, setup  # noqa: E402
+from core.ppo.loop import ppo_step, setup  # noqa: E402
 from core.preferences import SentimentAnnotator  # noqa: E402
 from core.runtime.runs import Run  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""PPO step speed: our PPO (core.ppo_run) vs TRL 0.29.1's trl.experimental.ppo.PPOTrainer.
+"""PPO step speed: our PPO (core.ppo.loop) vs TRL 0.29.1's trl.experimental.ppo.PPOTrainer.
 
     python benchmarks/bench_ppo_speed.py [--policy DIR] [--reward-model DIR] [--prompts FILE]
                                          [--steps 8] [--warmup 2] [--batch-size 16]
@@ -22,10 +22,11 @@ so its peak RSS is its own: VmHWM of the child (the process image's resident hig
 ru_maxrss where /proc is missing). Speed is steady state: the first --warmup steps are excluded
 and episodes/s = batch * measured steps / wall time of the measured steps, where a step is one
 loop iteration (rollout, scoring, advantages, 4 epochs of updates, logging), timed from the end
-of one step to the end of the next on both sides (ours: around core.ppo_run.ppo_step plus the
+of one step to the end of the next on both sides (ours: around core.ppo.loop.ppo_step plus the
 per-step records ppo_body writes; TRL: TrainerCallback.on_step_end timestamps). Differences
 left in on purpose: ours clips gradients (max_grad_norm) and TRL does not; ours runs its linear
-layers through oneDNN (core/onednn.py), TRL's models through torch's default (MKL), fp32 both;
+layers through whatever core.backends.kernels measured faster on this CPU (--kernels), TRL's
+models through torch's default (MKL), fp32 both;
 TRL logs through the Trainer machinery; the mean response length of each side is printed, since both sample
 the same model but different random draws. The lengths drift apart as the policies learn: the
 two score a response that has no EOS differently (TRL reads its last token, ours appends EOS as
@@ -117,13 +118,13 @@ def ours_config(args, out_dir: str):
         gold_judge="vader" if args.gold else None, save_every=10 ** 9, seed=args.seed, output_dir=out_dir,
         # FlopCounterMode (bench_compute_floor.py) sees only its own thread's operators: count with the
         # policy's and the critic's work on one thread (the same arithmetic, in sequence)
-        overlap_models=not os.environ.get("BENCH_COUNT_FLOPS"))
+        overlap_models=not os.environ.get("BENCH_COUNT_FLOPS"), cpu_kernels=args.kernels)
 
 
 def child_ours(args) -> dict:
     common_setup(args)
     import torch
-    from core.ppo_run import ppo_step, setup
+    from core.ppo.loop import ppo_step, setup
     from core.runtime.runs import Run
     out_dir = tempfile.mkdtemp(prefix="bench-ppo-ours-")
     try:
@@ -277,7 +278,7 @@ def run_child(kind: str, args, tmp: str, extra_env: dict) -> dict:
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
            "--response-length", str(args.response_length), "--ppo-epochs", str(args.ppo_epochs),
            "--lr", str(args.lr), "--kl-coef", str(args.kl_coef), "--seed", str(args.seed),
-           "--threads", str(args.threads), "--device", args.device, "--stop", args.stop] + (["--gold"] if args.gold else [])
+           "--threads", str(args.threads), "--device", args.device, "--stop", args.stop, "--kernels", args.kernels] + (["--gold"] if args.gold else [])
     env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env}
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT)).returncode
@@ -305,6 +306,8 @@ def main() -> None:
     ap.add_argument("--stop", default="eos", choices=("eos", "none"),
                     help="eos: responses end at EOS (default); none: always --response-length tokens (equal work)")
     ap.add_argument("--gold", action="store_true", help="also run our VADER gold judge each step (TRL has none)")
+    ap.add_argument("--kernels", default="auto", choices=("auto", "off"),
+                    help="our cpu_kernels setting: auto (measured per CPU, the default) or off (torch's defaults)")
     ap.add_argument("--only", choices=("ours", "trl"), help="measure one trainer only")
     ap.add_argument("--rounds", type=int, default=2, help="race rounds, alternating which trainer goes first "
                     "(ours-TRL, TRL-ours, ...); each trainer's measured steps are pooled over the rounds")

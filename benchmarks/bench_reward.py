@@ -1,4 +1,4 @@
-"""Reward-model quality and speed: core.reward_training vs TRL's RewardTrainer, same data, same run.
+"""Reward-model quality and speed: core.reward.training vs TRL's RewardTrainer, same data, same run.
 
     python benchmarks/bench_reward.py [--model DIR] [--pairs 1200] [--val 200] [--train N] [--epochs 2]
                                       [--batch-size 16] [--lr 3e-4] [--trl-steps N] [--data-cache FILE]

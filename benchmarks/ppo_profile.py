@@ -21,9 +21,10 @@ def child_profile(args) -> dict:
     then torch.profiler's top operators over one more step."""
     common_setup(args)
     import torch
-    import core.fastdecode as fd
-    import core.ppo as ppo
-    import core.ppo_run as pr
+    import core.backends.gpt2 as vl
+    import core.models.generation as gen
+    import core.ppo.loop as pr
+    import core.ppo.step as ppo
     from core.runtime.runs import Run
     out_dir = tempfile.mkdtemp(prefix="bench-ppo-prof-")
     cfg = ours_config(args, out_dir)
@@ -56,7 +57,7 @@ def child_profile(args) -> dict:
                 phase[0] = prev
         return wrapper
 
-    for name in ("rollout", "decode_responses", "score", "make_experience", "whiten_global", "update",
+    for name in ("rollout", "decode_responses", "score", "make_experience", "update",
                  "experience_metrics", "token_records"):
         setattr(pr, name, timed(name, getattr(pr, name)))
     # Inside the phases: forwards per model, backward, clipping, optimizer steps, decode steps.
@@ -71,14 +72,13 @@ def child_profile(args) -> dict:
         return pre, post
 
     from core.models.heads import backbone
-    # backbones: the packed forwards (core.seq_packing) call them directly, the padded ones through the model
+    # backbones: the packed forwards (core.backends.seq_packing) call them directly, the padded ones through the model
     for label, mod in (("policy", backbone(m.policy)), ("reference", backbone(m.reference)),
                        ("critic", backbone(m.critic)), ("reward", backbone(m.reward))):
         pre, post = hook_pair(label)
         mod.register_forward_pre_hook(pre)
         mod.register_forward_hook(post)
-    # the padding-free GPT-2 forwards (core.varlen) call no backbone module: time them by hand
-    import core.varlen as vl
+    # the padding-free GPT-2 forwards (core.backends.gpt2) call no backbone module: time them by hand
     names = {id(m.policy): "policy", id(m.reference): "reference", id(m.critic): "critic", id(m.reward): "reward"}
     read_hidden = vl.read_hidden
 
@@ -94,7 +94,7 @@ def child_profile(args) -> dict:
     for i, opt in enumerate(tr.optimizers):
         opt.step = timed(f"adamw step ({'policy' if i == 0 else 'critic'})", opt.step, set_phase=False)
         opt.zero_grad = timed("zero_grad", opt.zero_grad, set_phase=False)
-    for cls in (fd.GPT2Decoder, fd.GenericDecoder):
+    for cls in (vl.Decoder, gen.GenericDecoder):
         cls.start = timed("prefill", cls.start, set_phase=False)
         cls.step = timed("decode steps", cls.step, set_phase=False)
     ppo.rl.entropy_from_logits = timed("entropy (for the record)", ppo.rl.entropy_from_logits, set_phase=False)
@@ -148,7 +148,7 @@ def print_profile(res: dict) -> None:
 
     def row(name, w, c):
         print(f"{name:<50} {w:>8.4f} {w / step:>6.1%} {c:>8.4f} {c / step_cpu:>6.1%}")
-    top = ["rollout", "decode_responses", "score", "make_experience", "whiten_global", "update",
+    top = ["rollout", "decode_responses", "score", "make_experience", "update",
            "experience_metrics", "token_records"]
     for name in top:
         if name not in ph:

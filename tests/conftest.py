@@ -49,7 +49,7 @@ def ppo_dirs(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture
 def two_threads():
-    """Two intra-op threads for the test, whatever the machine (core.overlap halves them)."""
+    """Two intra-op threads for the test, whatever the machine (core.backends.threads halves them)."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

@@ -1,4 +1,4 @@
-"""core.generation: sampling-time logprobs equal a fresh forward pass, on four architectures."""
+"""core.models.generation: sampling-time logprobs equal a fresh forward pass, on four architectures."""
 import pytest
 import torch
 

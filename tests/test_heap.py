@@ -1,4 +1,4 @@
-"""core.heap: with glibc's mmap threshold raised and trimming off, memory freed by one step is
+"""core.backends.heap: with glibc's mmap threshold raised and trimming off, memory freed by one step is
 reused by the next instead of being faulted back in page by page."""
 import subprocess
 import sys

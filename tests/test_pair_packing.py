@@ -1,4 +1,4 @@
-"""core.pair_packing: one row per preference pair scores exactly as two padded rows do."""
+"""core.backends.pair_packing: one row per preference pair scores exactly as two padded rows do."""
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BloomConfig, LlamaConfig,

@@ -1,4 +1,4 @@
-"""core.reward_training and core.scoring on tiny random GPT-2s (never downloaded)."""
+"""core.reward.training and core.models.scoring on tiny random GPT-2s (never downloaded)."""
 import json
 import os
 import subprocess

@@ -210,7 +210,7 @@ def policy_choices(ws) -> list[str]:
     out = [ws.model_path]
     for run in list_runs(ws.root, kind="ppo"):
         d = Path(run["path"])
-        # a checkpoint keeps the policy in step-*/policy (core.checkpoint); a LoRA one holds only
+        # a checkpoint keeps the policy in step-*/policy (core.runtime.checkpoint); a LoRA one holds only
         # an adapter (no config.json) and is left out: its final model/ is merged and listed
         out += [str(p) for p in [d / "model", *sorted((d / "checkpoints").glob("step-*/policy"))]
                 if (p / "config.json").exists()]

@@ -1,6 +1,6 @@
 """Pure plot builders: a DataFrame (or lists) in, a plotly Figure out. No gradio, no files.
 
-Metrics frames are core.runs.read_metrics rows turned into a DataFrame: one row per step, a
+Metrics frames are core.runtime.runs.read_metrics rows turned into a DataFrame: one row per step, a
 column per metric, NaN where a step did not log that metric (validation runs only every N steps).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pure plot builders for the PPO and Inspect tabs: a DataFrame in, a plotly Figure out.
 
 Run-level frames are metrics.jsonl rows (workbench.plots.metrics_frame: one row per step, a
-column per metric name of DESIGN.md). Token-level frames come from tokens.jsonl records via
+column per metric name of docs/architecture.md). Token-level frames come from tokens.jsonl records via
 `token_frame` (one row per response position) and `advantage_frame` (samples x positions, long).
 
 Figures are written as one dict and validated once (`_figure`): plotly's per-call validation in

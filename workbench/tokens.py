@@ -1,7 +1,7 @@
 """Token heatmaps as escaped HTML: a response's tokens coloured by one per-token quantity.
 
 Every piece of text that reaches the page (tokens, numbers, labels) goes through html.escape, so
-a sampled `<script>` token shows as the characters it is, never as markup (DESIGN.md,
+a sampled `<script>` token shows as the characters it is, never as markup (docs/architecture.md,
 "Conventions"). Colours: green for positive, red for negative, intensity by |value| / scale.
 Each token's numbers are in its title attribute (shown on hover).
 """

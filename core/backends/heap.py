@@ -7,7 +7,7 @@ page back in, zeroed: ~25,000 page faults and 0.08-0.1 s of kernel CPU time per 
 benchmark on the 2-core machine (getrusage). With the threshold at glibc's maximum (32 MB on
 64-bit) and trimming off, freed blocks are reused from the heap: ~2,000 faults, 0.02 s.
 The peak resident size stays that of the largest step, and freed memory stays with the process
-until it ends: every GUI job and CLI run is a process of its own (core/jobs.py).
+until it ends: every GUI job and CLI run is a process of its own (core/runtime/jobs.py).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ up to PACK_TOKENS tokens, with positions restarting at 0 for each sequence and a
 causal mask, so every token sees exactly what it saw in the padded batch. `unpack` then gathers
 hidden states back into the (B, P + T) layout the losses use.
 
-Same contract as core.pair_packing: the model must take a custom 4D mask and read positions from
+Same contract as core.backends.pair_packing: the model must take a custom 4D mask and read positions from
 position_ids; models.heads.packing_refusal turns away flash-attention, sliding windows and
 non-attention layers, and core.backends.forwards checks the rest on the run's first batch and pads
 where they disagree. GPT-2 models take core.backends.gpt2 instead, which needs no shared rows.

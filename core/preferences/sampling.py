@@ -6,7 +6,7 @@
   store, so a labeler never waits for sampling. It is polite on a shared CPU: small batches, a
   pause between batches, a slow poll while the queue is full, and it shares a lock with any
   foreground sampling so the two never run at once.
-- score_pairs: reward-model scores (r_a, r_b) per pair (core.scoring, as in training and PPO),
+- score_pairs: reward-model scores (r_a, r_b) per pair (core.models.scoring, as in training and PPO),
   the `order_by` mapping of PreferenceStore.next_pairs (least-sure pairs first).
 """
 from __future__ import annotations

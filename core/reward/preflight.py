@@ -39,7 +39,7 @@ def load_reward_tokenizer(path: str):
         raise ValueError(f"{path}: the tokenizer has no EOS token; the reward is read at the EOS after the response")
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": "<pad>"})
-    tok.padding_side = "right"  # matches core.scoring; saved with the model for plain-transformers users
+    tok.padding_side = "right"  # matches core.models.scoring; saved with the model for plain-transformers users
     return tok
 
 

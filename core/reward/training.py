@@ -246,7 +246,7 @@ def _pairs_done(step: int, cfg: RewardConfig, train: Pairs) -> int:
 def train_reward_model(cfg: RewardConfig, run: Run | None = None) -> Path:
     """Train and save a reward model; returns the run directory.
 
-    With `run` (a core.jobs child process) this is the job body: the caller's run_to_completion
+    With `run` (a core.runtime.worker child process) this is the job body: the caller's run_to_completion
     records the outcome. Without it (the CLI) it makes the Run at cfg.output_dir itself, uses all
     CPU cores, and re-raises a failure after recording it, so the command exits non-zero.
     """

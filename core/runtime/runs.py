@@ -101,7 +101,7 @@ def run_to_completion(run: Run, body: Callable[[Run], None], clear_stop: bool = 
     """Run `body(run)` and leave status.json in a final state: finished, stopped or failed.
 
     A failure keeps its message in status.json and the traceback in error.log. `clear_stop=False`
-    when the starter already cleared STOP (core.jobs), so a stop asked for while the process was
+    when the starter already cleared STOP (core.runtime.jobs), so a stop asked for while the process was
     still importing is kept.
     """
     if run.is_main and clear_stop:
