@@ -8,7 +8,8 @@ from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# RLHF_TEST_THREADS runs the suite at another intra-op thread count (tests that need two set it)
+torch.set_num_threads(int(os.environ.get("RLHF_TEST_THREADS") or min(2, os.cpu_count() or 1)))
 
 TEXT = ["a charming and funny movie", "the acting is dull and the plot is thin",
         "one of the best films of the year", "i hated every minute of it", "a slow , tedious mess"]
