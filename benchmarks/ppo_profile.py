@@ -25,6 +25,7 @@ def child_profile(args) -> dict:
     import core.models.generation as gen
     import core.ppo.loop as pr
     import core.ppo.step as ppo
+    from core.backends.threads import one_after_other
     from core.runtime.runs import Run
     out_dir = tempfile.mkdtemp(prefix="bench-ppo-prof-")
     cfg = ours_config(args, out_dir)
@@ -133,7 +134,7 @@ def child_profile(args) -> dict:
     rss["after the profiled step"] = peak_rss_mb()
     return {"step_s": total / n, "step_cpu_s": total_cpu / n, "phases": phases, "phases_cpu": phases_cpu,
             "profiler_table": table, "resp_len": lens, "rss_mb": rss,
-            "threads": torch.get_num_threads(), "steps": n, "overlap": m.overlap}
+            "threads": torch.get_num_threads(), "steps": n, "overlap": m.run_both is not one_after_other}
 
 
 def print_profile(res: dict) -> None:

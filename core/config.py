@@ -87,7 +87,7 @@ class PPOConfig:
     score_clip: float | None = option(5.0, "Clip scores to +-this (null = off).", True)
     critic_init: str = option("reward", "Initialise the critic from the reward model or from the policy.", True, ("reward", "policy"))
     lora_rank: int = option(0, "LoRA rank for the policy (0 = full fine-tuning); the reference is the adapter switched off.", True)
-    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: each minibatch's two updates, and the reference beside the critic and reward model when scoring. The same update.", True)
+    overlap_models: bool = option(True, "On a CPU, run the policy's and the critic's work side by side on two threads, each with half the cores: their update epochs (epoch by epoch when target_kl is set), and, when scoring, the reference and the policy beside the critic and the reward model. The same update.", True)
     cpu_kernels: str = option("auto", "On a CPU: 'auto' measures oneDNN linears and a sigmoid-form GELU against torch's defaults once on this machine (cached per CPU model) and uses each only where it is faster, and keeps freed memory in the process; 'off' keeps torch's defaults. The same numbers either way. RLHF_ONEDNN=1/0 overrides the oneDNN choice.", True, ("auto", "off"))
     gold_judge: str | None = option("vader", "Gold judge for objective/gold: 'vader' or null.", True)
     log_samples: int = option(4, "Samples per step written to tokens.jsonl.", True)

@@ -275,14 +275,58 @@ def first_batch(cfg, tmp_path, dtype=torch.float32):
     return tr, prompts, samples, decode_responses(m.tokenizer, samples)
 
 
-def one_update(tr, prompts, samples, responses, cfg, opts):
-    """score -> advantages -> update on one rollout; (experience, stats)."""
+def one_update(tr, prompts, samples, responses, cfg, opts, reuse=True):
+    """score -> advantages -> update on one rollout; (experience, stats). reuse: hand the score
+    phase's first-epoch forwards to the update (as the loop does)."""
     import core.ppo.step as ppo
     from core import rl
     m = tr.models
-    exp = ppo.make_experience(m, samples, prompts, responses, ppo.score(m, prompts, responses, samples, cfg), 0.1, cfg)
+    scored = ppo.score(m, prompts, responses, samples, cfg)
+    exp = ppo.make_experience(m, samples, prompts, responses, scored, 0.1, cfg)
     adv = rl.whiten(exp.advantages, exp.response_mask.float())
-    return exp, ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist)
+    return exp, ppo.update(m, exp, adv, cfg, opts, 1, lambda: None, tr.dist, scored.first if reuse else None)
+
+
+@pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # entropy for the record / in the loss (on its graph)
+def test_the_first_epoch_reuses_the_score_phases_forwards(dirs, tmp_path, entropy_coef):
+    # with one micro-batch per epoch, epoch 0 reads the rows the score phase just read through
+    # unchanged weights: those forwards (kept with their graphs) serve it, and the update is the
+    # one that runs them again. float64: the two differ only in summation order
+    cfg = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, entropy_coef=entropy_coef)
+    tr, prompts, samples, responses = first_batch(cfg, tmp_path, torch.float64)
+    m = tr.models
+    start = [{k: v.clone() for k, v in x.state_dict().items()} for x in (m.policy, m.critic)]
+    flat = lambda x: torch.cat([p.detach().flatten().clone() for p in x.parameters()])  # noqa: E731
+    calls = []
+    for name in ("policy_fwd", "critic_fwd"):
+        fwd = getattr(m, name)
+        for method in ("logprobs", "values"):
+            real = getattr(fwd, method)
+            setattr(fwd, method, lambda *a, real=real, tag=f"{name}.{method}", **k: calls.append(tag) or real(*a, **k))
+    after = []
+    for reuse in (True, False):
+        for x, sd in zip((m.policy, m.critic), start):
+            x.load_state_dict(sd)
+        opts = [torch.optim.SGD(m.policy.parameters(), lr=0.1), torch.optim.SGD(m.critic.parameters(), lr=0.1)]
+        calls.clear()
+        _, stats = one_update(tr, prompts, samples, responses, cfg, opts, reuse)
+        # the score phase's policy and critic forwards (+ the LoRA-free reference's own), then
+        # epoch 2 (and epoch 1 without reuse) runs one of each
+        n = 1 if reuse else 2
+        assert sorted(calls) == sorted(["policy_fwd.logprobs", "critic_fwd.values"] * (1 + n)), calls
+        after.append((stats, [flat(m.policy), flat(m.critic)]))
+    for a, b in zip(after[0][1], after[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+    for k in after[0][0]:
+        assert after[0][0][k] == pytest.approx(after[1][0][k], rel=1e-9, abs=1e-12), k
+    # with two micro-batches per epoch the score phase keeps no graph
+    two = cfg_for(dirs, tmp_path / "run", ppo_epochs=2, num_minibatches=2)
+    assert tr.models is m and ppo_score(m, prompts, responses, samples, two).first is None
+
+
+def ppo_score(m, prompts, responses, samples, cfg):
+    import core.ppo.step as ppo
+    return ppo.score(m, prompts, responses, samples, cfg)
 
 
 @pytest.mark.parametrize("entropy_coef", [0.0, 0.05])  # entropy for the record / in the loss

@@ -122,26 +122,29 @@ class GPT2Forward(PaddedForward):
     become a (B, T, V) grid: no padded rows in the softmaxes, no grid to fill and scatter."""
     name = "gpt2"
 
-    def _read(self, ids, mask, P) -> tuple[gpt2.Layout, torch.Tensor]:
+    @staticmethod
+    def _grid(x: torch.Tensor, lay: gpt2.Layout, ids: torch.Tensor, P: int) -> torch.Tensor:
+        """(M, ...) values at the read positions -> (B, T, ...)."""
+        return gpt2.to_grid(x, lay, ids.shape[1], slice(P - 1, ids.shape[1] - 1))
+
+    def _read_logits(self, ids, mask, P, temperature) -> tuple[torch.Tensor, gpt2.Layout]:
+        """(M, V) logits at the M positions that predict response tokens, and their layout."""
         lay = gpt2.response_layout(mask, P)
-        return lay, gpt2.read_hidden(self.model, ids, lay)  # (M, H)
+        return scaled(self.model.get_output_embeddings()(gpt2.read_hidden(self.model, ids, lay)), temperature), lay
 
     def logits(self, ids, mask, P, temperature):
-        lay, hidden = self._read(ids, mask, P)
-        logits = scaled(self.model.get_output_embeddings()(hidden), temperature)  # (M, V)
-        return gpt2.to_grid(logits, lay, ids.shape[1], slice(P - 1, ids.shape[1] - 1))
+        logits, lay = self._read_logits(ids, mask, P, temperature)
+        return self._grid(logits, lay, ids, P)
 
     def logprobs(self, ids, mask, P, temperature, with_entropy=False):
-        lay, hidden = self._read(ids, mask, P)
-        logits = scaled(self.model.get_output_embeddings()(hidden), temperature)  # (M, V)
-        grid = lambda x: gpt2.to_grid(x, lay, ids.shape[1], slice(P - 1, ids.shape[1] - 1))  # noqa: E731 (M,) -> (B, T)
+        logits, lay = self._read_logits(ids, mask, P, temperature)  # (M, V)
         lp = rl.logprobs_from_logits(logits, ids.flatten()[lay.read_flat + 1])  # (M,): the token each position predicts
-        return grid(lp), grid(_entropy(logits)) if with_entropy else None
+        return self._grid(lp, lay, ids, P), self._grid(_entropy(logits), lay, ids, P) if with_entropy else None
 
     def values(self, ids, mask, P):
-        lay, hidden = self._read(ids, mask, P)
-        return gpt2.to_grid(at_least_fp32(score_head(self.model)(hidden).squeeze(-1)), lay, ids.shape[1],
-                            slice(P - 1, ids.shape[1] - 1))
+        lay = gpt2.response_layout(mask, P)
+        values = at_least_fp32(score_head(self.model)(gpt2.read_hidden(self.model, ids, lay)).squeeze(-1))  # (M,)
+        return self._grid(values, lay, ids, P)
 
     def scores(self, ids, mask):
         lay = gpt2.last_token_layout(mask)  # one read per row, in row order

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.heads import at_least_fp32, backbone
+from ..models.heads import at_least_fp32, backbone, position_ids_from
 from ..rl import last_token_index
 
 
@@ -153,7 +153,7 @@ def last_token_layout(mask: torch.Tensor) -> Layout:
 def _flat_attention(block, x: torch.Tensor, lay: Layout, p: float) -> torch.Tensor:
     """Self-attention of (N, H) flat tokens, before the output projection: (N, H)."""
     N, H = x.shape
-    qkv = torch.cat(_qkv(block, x), -1)  # (N, 3H)
+    qkv = block.attn.c_attn(block.ln_1(x))  # (N, 3H): _qkv's product, before its split
     grid = qkv.new_zeros(lay.B * lay.L, 3 * H).index_copy(0, lay.slots, qkv).view(lay.B, lay.L, 3 * H)  # pad slots 0
     q, k, v = (_heads(t, block.attn.num_heads) for t in grid.split(H, -1))  # each (B, nh, L, d)
     return _merge(_attend(q, k, v, p)).reshape(lay.B * lay.L, H)[lay.slots]  # (N, H)
@@ -215,7 +215,7 @@ class Decoder:
         self.k = torch.empty(cfg.n_layer, B, self.nh, L, self.d, dtype=self.tr.wte.weight.dtype, device=dev)
         self.v = torch.empty_like(self.k)
         self.mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(B, max_new_tokens, dtype=torch.bool)], 1)
-        self.pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+        self.pos = position_ids_from(prompt_mask)
         self.P, self.len = P, 0
 
     def _run(self, ids: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -138,7 +138,7 @@ def ppo_step(tr: Trainer, step: int, check_stop) -> tuple[dict, list[dict]]:
     exp = make_experience(m, samples, prompts, responses, scored, tr.kl_ctl.value, cfg, reduce=dist.sum)
     rmask = exp.response_mask.float()
     adv = rl.whiten(exp.advantages, rmask, reduce=dist.reduce) if cfg.whiten_advantages else exp.advantages
-    stats = update(m, exp, adv, cfg, tr.optimizers, step, check_stop, dist)
+    stats = update(m, exp, adv, cfg, tr.optimizers, step, check_stop, dist, scored.first)
     t3 = time.time()
     metrics = {**experience_metrics(exp, tr.kl_ctl.value), **stats}
     golds = [tr.gold(r) for r in responses] if tr.gold else None

@@ -15,7 +15,7 @@ import torch
 
 from .. import backends
 from ..config import GenerationConfig, PPOConfig
-from ..models.generation import generate
+from ..models.generation import decode_responses, generate
 from ..models.loading import disable_dropout, load_policy, load_reference, load_scalar_model, load_tokenizer
 from ..models.scoring import format_for_scoring, scoring_max_length
 
@@ -95,8 +95,7 @@ def probes(m: Models, prompts: list[str], cfg: PPOConfig, seed: int) -> tuple[ba
     first = prompts[:PROBE_PROMPTS]
     g = torch.Generator(device=next(m.policy.parameters()).device).manual_seed(seed)
     s = generate(m.policy, m.tokenizer, first, gen, generator=g)
-    responses = [m.tokenizer.decode(r[:int(n)], skip_special_tokens=True)
-                 for r, n in zip(s.responses.tolist(), s.response_mask.sum(1).tolist())]
+    responses = decode_responses(m.tokenizer, s)
     ids, mask, _ = format_for_scoring(m.reward_tokenizer, first, responses, scoring_max_length(m.reward),
                                       device=s.input_ids.device)
     return backends.Probe(s.input_ids, s.attention_mask, s.prompt_len), backends.Probe(ids, mask, 1)

@@ -72,33 +72,59 @@ def rollout(m: Models, prompts: list[str], cfg: PPOConfig, uniforms: torch.Tenso
 
 # ---------------------------------------------------------------- 2. score
 @dataclass
+class FirstForwards:
+    """The update's first forwards, run in the score phase: with one micro-batch per epoch, epoch
+    0 reads these very rows through still unchanged weights, so the policy's and the critic's
+    forwards (with their graphs) serve it and are not run twice. Used once, by `update`."""
+    logprobs: torch.Tensor  # (B, T) policy, on its graph
+    entropy: torch.Tensor   # (B, T) on the policy's graph
+    values: torch.Tensor    # (B, T) critic, on its graph
+
+
+@dataclass
 class Scored:
     """What the frozen models and the critic say of a rollout of B episodes with T response tokens."""
     raw_scores: torch.Tensor    # (B,) the reward model's output
     ref_logprobs: torch.Tensor  # (B, T) frozen reference, 0 after a row's end
     values: torch.Tensor        # (B, T) critic, 0 after a row's end
+    first: FirstForwards | None = None  # with one micro-batch per epoch (see FirstForwards)
 
 
-@torch.no_grad()
+def whole_batch_epochs(cfg: PPOConfig) -> bool:
+    """Each epoch one micro-batch holding the whole batch (num_minibatches = grad_accum = 1)."""
+    return cfg.num_minibatches == 1 and cfg.grad_accum == 1
+
+
 def score(m: Models, prompts: list[str], responses: list[str], samples: Samples, cfg: PPOConfig) -> Scored:
     """The reference, the critic and the reward model read the rollout (the policy did as it
     sampled). The reward model reads prompt + response + EOS as text in its own tokenizer (one
-    scoring convention, core/models/scoring.py). No collectives here."""
+    scoring convention, core/models/scoring.py). With whole-batch epochs the policy's and the
+    critic's forwards for the update's first epoch run here too (FirstForwards), the policy's
+    beside the reward model's. No collectives here."""
     ids, mask, P = samples.input_ids, samples.attention_mask, samples.prompt_len
     rmask = samples.response_mask.float()
+    keep = whole_batch_epochs(cfg)
 
-    def reference() -> torch.Tensor:  # (B, T)
-        with torch.no_grad(), autocast(ids.device):
-            return m.reference_logprobs(ids, mask, P, cfg.temperature)
+    def reference_and_policy():  # (B, T), and the policy's (B, T) logprobs and entropies or None
+        with autocast(ids.device):
+            with torch.no_grad():
+                ref = m.reference_logprobs(ids, mask, P, cfg.temperature)
+            if not keep:
+                return ref, None
+            with torch.enable_grad():
+                return ref, m.policy_fwd.logprobs(ids, mask, P, cfg.temperature, with_entropy=True)
 
     def critic_and_reward() -> tuple[torch.Tensor, torch.Tensor]:  # (B, T), (B,)
-        with torch.no_grad(), autocast(ids.device):
-            values = m.critic_fwd.values(ids, mask, P)
-            raw = score_texts(m.reward, m.reward_tokenizer, prompts, responses, forward=m.reward_fwd)
+        with autocast(ids.device):
+            with torch.set_grad_enabled(keep):
+                values = m.critic_fwd.values(ids, mask, P)
+            with torch.no_grad():
+                raw = score_texts(m.reward, m.reward_tokenizer, prompts, responses, forward=m.reward_fwd)
         return values, raw.float().to(ids.device)
 
-    ref, (values, raw) = m.run_both(reference, critic_and_reward)
-    return Scored(raw, ref * rmask, values * rmask)
+    (ref, policy), (values, raw) = m.run_both(reference_and_policy, critic_and_reward)
+    first = FirstForwards(policy[0], policy[1], values) if keep else None
+    return Scored(raw, ref * rmask, values.detach() * rmask, first)
 
 
 @torch.no_grad()
@@ -175,11 +201,15 @@ def minibatches(exp: Experience, cfg: PPOConfig, perm: torch.Tensor, dist) -> li
 
 
 def policy_loss_on(m: Models, exp: Experience, mb: MicroBatch, adv: torch.Tensor, cfg: PPOConfig,
-                   with_entropy: bool) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate (- entropy bonus) on one micro-batch, and its stats."""
+                   with_entropy: bool, first: FirstForwards | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate (- entropy bonus) on one micro-batch, and its stats. `first`: this
+    micro-batch's forward already run (epoch 0 of whole-batch epochs)."""
     idx, T = mb.idx, mb.T
-    logprobs, ent = m.policy_fwd.logprobs(mb.input_ids, mb.attention_mask, exp.prompt_len, cfg.temperature,
-                                          with_entropy)  # (b, T), (b, T) or None
+    if first is not None:
+        logprobs, ent = first.logprobs[idx, :T], first.entropy[idx, :T]  # (b, T)
+    else:
+        logprobs, ent = m.policy_fwd.logprobs(mb.input_ids, mb.attention_mask, exp.prompt_len, cfg.temperature,
+                                              with_entropy)  # (b, T), (b, T) or None
     loss, pg = rl.policy_loss(logprobs, exp.logprobs[idx, :T], adv[idx, :T], mb.response_mask, cfg.cliprange)
     stats = {"loss/policy": loss.detach(), "policy/approx_kl": pg["approx_kl"], "policy/clipfrac": pg["clipfrac"]}
     if ent is not None:
@@ -190,10 +220,14 @@ def policy_loss_on(m: Models, exp: Experience, mb: MicroBatch, adv: torch.Tensor
     return loss, stats
 
 
-def value_loss_on(m: Models, exp: Experience, mb: MicroBatch, cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
-    """Clipped value loss on one micro-batch, and its stats."""
+def value_loss_on(m: Models, exp: Experience, mb: MicroBatch, cfg: PPOConfig,
+                  first: FirstForwards | None = None) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss on one micro-batch, and its stats. `first`: as in policy_loss_on."""
     idx, T = mb.idx, mb.T
-    values = m.critic_fwd.values(mb.input_ids, mb.attention_mask, exp.prompt_len)  # (b, T)
+    if first is not None:
+        values = first.values[idx, :T]  # (b, T)
+    else:
+        values = m.critic_fwd.values(mb.input_ids, mb.attention_mask, exp.prompt_len)  # (b, T)
     loss, vf = rl.value_loss(values, exp.values[idx, :T], exp.returns[idx, :T], mb.response_mask, cfg.cliprange_value)
     return loss, {"loss/value": loss.detach(), "val/clipfrac": vf["clipfrac"], "val/mean": vf["mean"]}
 
@@ -217,35 +251,50 @@ def train_minibatch(opt, micros: list[MicroBatch], loss_on, coef: float, cfg: PP
     return stats
 
 
+def train_epochs(opt, epochs: list[tuple[int, list[list[MicroBatch]]]], loss_on, coef: float, cfg: PPOConfig,
+                 dist, step: int, name: str, check_stop) -> list[dict]:
+    """One model's update over (epoch, minibatches) pairs: train_minibatch on each minibatch in
+    turn, loss_on(micro, epoch) giving the loss. Returns every micro-batch's stats."""
+    stats = []
+    for epoch, minibatches_ in epochs:
+        for micros in minibatches_:
+            stats += train_minibatch(opt, micros, lambda mb: loss_on(mb, epoch), coef, cfg, dist, step, name)
+            check_stop()
+    return stats
+
+
 def update(m: Models, exp: Experience, adv: torch.Tensor, cfg: PPOConfig, optimizers: list, step: int,
-           check_stop, dist) -> dict:
+           check_stop, dist, first: FirstForwards | None = None) -> dict:
     """ppo_epochs x num_minibatches x grad_accum over the batch, a fresh shuffle each epoch; stops
     after an epoch whose mean approx KL (over all processes) exceeds target_kl.
 
     optimizers: [policy's, critic's]. adv: (B, T) the advantages the loss uses (whitened or not, by
-    the caller). The two models share no weights: each minibatch's two updates go to
-    m.run_both (side by side on a CPU). Returns stats averaged over every micro-batch that has them.
+    the caller). The two models share no weights, so their updates go to m.run_both (side by side
+    on a CPU): epoch by epoch with target_kl, whose verdict both follow; without it nothing ties
+    them, and each runs all its epochs in one go. `first`: epoch 0's forwards from the score
+    phase (Scored.first). Returns stats averaged over every micro-batch.
     """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     B = exp.input_ids.shape[0]
-    stats: list[dict] = []
+    plan = [minibatches(exp, cfg, torch.randperm(B, generator=g).to(exp.input_ids.device), dist)
+            for _ in range(cfg.ppo_epochs)]  # drawn up front: both models read the same rows in the same order
+    reuse = lambda epoch: first if epoch == 0 else None  # noqa: E731  (epoch 0: one micro-batch, the whole batch)
+    policy = lambda mb, epoch: policy_loss_on(m, exp, mb, adv, cfg, bool(cfg.entropy_coef) or epoch == 0,  # noqa: E731
+                                              reuse(epoch))  # (entropy at epoch 0: for the record)
+    value = lambda mb, epoch: value_loss_on(m, exp, mb, cfg, reuse(epoch))  # noqa: E731
+    group = 1 if cfg.target_kl is not None else cfg.ppo_epochs
+    pstats: list[dict] = []
+    vstats: list[dict] = []
     epochs = 0
-    for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=g).to(exp.input_ids.device)
-        epoch_kl = []
-        for micros in minibatches(exp, cfg, perm, dist):
-            with_entropy = bool(cfg.entropy_coef) or epoch == 0  # epoch 0: for the record
-            policy = lambda mb: policy_loss_on(m, exp, mb, adv, cfg, with_entropy)  # noqa: E731
-            value = lambda mb: value_loss_on(m, exp, mb, cfg)  # noqa: E731
-            pstats, vstats = m.run_both(
-                lambda: train_minibatch(optimizers[0], micros, policy, 1.0, cfg, dist, step, "loss/policy"),
-                lambda: train_minibatch(optimizers[1], micros, value, cfg.vf_coef, cfg, dist, step, "loss/value"))
-            stats += pstats + vstats
-            epoch_kl += [s["policy/approx_kl"] for s in pstats]
-            check_stop()
-        epochs += 1
-        if cfg.target_kl is not None and float(dist.mean(torch.stack(epoch_kl).mean())) > cfg.target_kl:
+    for start in range(0, cfg.ppo_epochs, group):
+        chunk = list(enumerate(plan))[start:start + group]
+        p, v = m.run_both(
+            lambda: train_epochs(optimizers[0], chunk, policy, 1.0, cfg, dist, step, "loss/policy", check_stop),
+            lambda: train_epochs(optimizers[1], chunk, value, cfg.vf_coef, cfg, dist, step, "loss/value", check_stop))
+        pstats, vstats, epochs = pstats + p, vstats + v, epochs + len(chunk)
+        if cfg.target_kl is not None and float(dist.mean(torch.stack([s["policy/approx_kl"] for s in p]).mean())) > cfg.target_kl:
             break
+    stats = pstats + vstats
     out: dict[str, float] = {}
     for k in dict.fromkeys(k for s in stats for k in s):  # first-seen order, as on every process
         out[k] = float(torch.stack([s[k] for s in stats if k in s]).mean())
